@@ -1,0 +1,1 @@
+"""digitml: handwritten-digit classification with convolutional networks, tracked in MLflow."""

@@ -1,0 +1,116 @@
+"""The `digitml` command line: parse and validate, then call one function per command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from digitml.config import DATASETS, OPTIMIZERS, ConfigError
+
+# TensorFlow's C++ start-up chatter hides the lines users need; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class OrUnset(click.ParamType):
+    """A click type where an empty string means "not given": MLproject passes '' for unset params."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            return None
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str | None:
+        return self.inner.get_metavar(param, ctx) if ctx else self.inner.get_metavar(param)
+
+
+POSITIVE_INT = OrUnset(click.IntRange(min=1))
+POSITIVE_FLOAT = OrUnset(click.FloatRange(min=0, min_open=True))
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """digitml: handwritten-digit classifiers, every run tracked in MLflow."""
+
+
+@cli.command()
+@click.option("--config", "config_file", type=OrUnset(click.STRING), help="YAML file or name in experiments/ (default: default).")
+@click.option("--model", type=OrUnset(click.STRING), help="Architecture name (see `digitml models`).")
+@click.option("--epochs", type=POSITIVE_INT)
+@click.option("--batch-size", type=POSITIVE_INT)
+@click.option("--learning-rate", type=POSITIVE_FLOAT)
+@click.option("--optimizer", type=OrUnset(click.Choice(OPTIMIZERS)))
+@click.option("--dataset", type=OrUnset(click.Choice(DATASETS)))
+@click.option("--data-dir", envvar="DIGITML_DATA_DIR", type=OrUnset(click.STRING), help="Folder with the MNIST IDX files or mnist.npz [env DIGITML_DATA_DIR].")
+@click.option("--limit", type=OrUnset(click.IntRange(min=20)), help="Train on N training images (seeded, class-balanced).")
+@click.option("--experiment", type=OrUnset(click.STRING), help="MLflow experiment name.")
+@click.option("--seed", type=OrUnset(click.IntRange(min=0)))
+@click.option("--resume", "resume_run_id", type=OrUnset(click.STRING), help="Continue an interrupted run (its own config).")
+def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) -> None:
+    """Train a model and record the run in MLflow."""
+    from digitml.config import load_config
+    from digitml.data import DataError
+    from digitml.experiment import ResumeError, resumable_config, run_training
+
+    try:
+        if resume_run_id:
+            given = [name for name, value in overrides.items() if value is not None and name != "data_dir"]
+            if given or config_file:
+                raise click.UsageError("--resume takes the run's own config; drop --" + (given or ["config"])[0].replace("_", "-"))
+            config = resumable_config(resume_run_id)
+        else:
+            config = load_config(config_file, overrides)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    except ResumeError as error:
+        raise click.ClickException(str(error)) from error
+
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        outcome = run_training(
+            config, resume_run_id=resume_run_id, verbose=1 if sys.stdout.isatty() else 2
+        )
+    except DataError as error:
+        raise click.ClickException(str(error)) from error
+    except KeyboardInterrupt:
+        import mlflow
+
+        last = mlflow.last_active_run()
+        hint = f"; continue with: digitml train --resume {last.info.run_id}" if last else ""
+        click.echo(f"Interrupted{hint}", err=True)
+        sys.exit(130)
+    click.echo(f"run_id: {outcome.run_id}")
+    click.echo(f"test_accuracy: {outcome.metrics['test_accuracy']:.4f}")
+    click.echo(f"train_seconds: {outcome.train_seconds:.1f}")
+
+
+@cli.command()
+def models() -> None:
+    """List the architectures with their parameter counts."""
+    from digitml.models import parameter_counts
+
+    rows = parameter_counts()
+    width = max(len(name) for name, _, _ in rows)
+    click.echo(f"{'model':<{width}}  {'parameters':>10}  description")
+    for name, count, description in rows:
+        click.echo(f"{name:<{width}}  {count:>10,}  {description}")
+
+
+def main() -> None:
+    cli(prog_name="digitml")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Typed training configuration: YAML files merged with CLI overrides, validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+DEFAULT_CONFIG = "default.yaml"
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+DATASETS = ("mnist", "digits")
+SCHEDULES = ("constant", "onecycle", "cosine")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+@dataclass
+class AugmentationConfig:
+    """Random affine augmentation strengths (fractions, as Keras' Random* layers take them)."""
+
+    rotation: float = 0.0
+    translation: float = 0.0
+    zoom: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return any(value > 0 for value in (self.rotation, self.translation, self.zoom))
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: str = "val_loss"
+    patience: int = 3
+    restore_best_weights: bool = True
+
+
+@dataclass
+class ReduceLROnPlateauConfig:
+    monitor: str = "val_loss"
+    factor: float = 0.2
+    patience: int = 2
+    min_lr: float = 1e-4
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; logged whole as the run's `config.yaml`."""
+
+    name: str = "custom"
+    model: str = "baseline"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    limit: int | None = None
+    val_fraction: float = 0.1
+    seed: int = 42
+    experiment: str = "digitml"
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    early_stopping: EarlyStoppingConfig | None = None
+    reduce_lr: ReduceLROnPlateauConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_NESTED = {
+    "augmentation": AugmentationConfig,
+    "early_stopping": EarlyStoppingConfig,
+    "reduce_lr": ReduceLROnPlateauConfig,
+}
+
+
+def config_path(name_or_path: str) -> Path:
+    """Resolve `fast`, `fast.yaml` or a path to an existing config file."""
+    candidates = [Path(name_or_path)]
+    if not name_or_path.endswith((".yaml", ".yml")):
+        candidates.append(EXPERIMENTS_DIR / f"{name_or_path}.yaml")
+    candidates.append(EXPERIMENTS_DIR / name_or_path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file not found: {name_or_path}")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (default: experiments/default.yaml), apply overrides, validate."""
+    path = config_path(str(path)) if path else EXPERIMENTS_DIR / DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error.__class__.__name__})") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    raw.setdefault("name", Path(path).stem)
+    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a validated TrainConfig from plain data, naming any unknown key."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    values = dict(raw)
+    for key, nested_type in _NESTED.items():
+        if key in values and values[key] is not None:
+            values[key] = _nested(nested_type, values[key], f"{source}: {key}")
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def _nested(nested_type: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    known = {f.name for f in dataclasses.fields(nested_type)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    return nested_type(**raw)
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ConfigError naming the first invalid value."""
+    from digitml.models import MODEL_NAMES, check_model_params
+
+    _check_type(config, "epochs", int, minimum=1)
+    _check_type(config, "batch_size", int, minimum=1)
+    _check_type(config, "seed", int, minimum=0)
+    _check_type(config, "learning_rate", (int, float), minimum=0, exclusive=True)
+    if config.limit is not None:
+        _check_type(config, "limit", int, minimum=20)
+    if not 0 < config.val_fraction < 1:
+        raise ConfigError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
+    _check_choice("model", config.model, MODEL_NAMES)
+    _check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    _check_choice("dataset", config.dataset, DATASETS)
+    _check_choice("schedule", config.schedule, SCHEDULES)
+    for name in ("rotation", "translation", "zoom"):
+        strength = getattr(config.augmentation, name)
+        if not isinstance(strength, (int, float)) or not 0 <= strength < 1:
+            raise ConfigError(f"augmentation.{name} must be in [0, 1), got {strength!r}")
+    if config.schedule != "constant" and config.reduce_lr is not None:
+        raise ConfigError("reduce_lr needs schedule: constant (a schedule already sets the rate)")
+    try:
+        check_model_params(config.model, config.model_params)
+    except ValueError as error:
+        raise ConfigError(f"model_params: {error}") from error
+
+
+def _check_type(
+    config: TrainConfig, key: str, kind: Any, minimum: float, exclusive: bool = False
+) -> None:
+    value = getattr(config, key)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if value < minimum or (exclusive and value == minimum):
+        bound = f"greater than {minimum}" if exclusive else f"at least {minimum}"
+        raise ConfigError(f"{key} must be {bound}, got {value}")
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")

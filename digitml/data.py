@@ -1,0 +1,286 @@
+"""Digit datasets: verified MNIST (IDX or npz), Keras' download, or sklearn's offline digits."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+
+# SHA-256 of the official, uncompressed MNIST files (their content, not their gzip bytes).
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+_IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+_IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+_EXPECTED_COUNTS = {"train": 60_000, "t10k": 10_000}
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0  # fixed, so the digits test set never depends on the training seed
+
+
+class DataError(RuntimeError):
+    """A data file is missing, truncated, corrupted or not the official content."""
+
+
+@dataclass
+class DigitData:
+    """Images are float32 in [0, 1], shape (n, 28, 28, 1), white digit on black; labels int64."""
+
+    name: str
+    source: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+@dataclass
+class Splits:
+    """What one training run sees: a seeded train/validation split plus the untouched test set."""
+
+    data: DigitData
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+
+    @property
+    def test_images(self) -> np.ndarray:
+        return self.data.test_images
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        return self.data.test_labels
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None) -> DigitData:
+    """Load `mnist` (from `data_dir` when given, else Keras' cached download) or `digits`."""
+    if name == "digits":
+        return load_digits()
+    if data_dir is not None:
+        return load_mnist_dir(Path(data_dir))
+    return load_mnist_keras()
+
+
+def load_mnist_dir(data_dir: Path) -> DigitData:
+    """MNIST from a folder holding the four IDX files (`.gz` or raw) or a Keras `mnist.npz`."""
+    if not data_dir.is_dir():
+        raise DataError(f"data directory not found: {data_dir}")
+    if (data_dir / "mnist.npz").is_file() and not _find_idx(data_dir, "train-images-idx3-ubyte"):
+        return load_mnist_npz(data_dir / "mnist.npz")
+    arrays = {}
+    for split in ("train", "t10k"):
+        images_path = _require_idx(data_dir, f"{split}-images-idx3-ubyte")
+        labels_path = _require_idx(data_dir, f"{split}-labels-idx1-ubyte")
+        images = parse_idx_images(images_path, _verified_bytes(images_path))
+        labels = parse_idx_labels(labels_path, _verified_bytes(labels_path))
+        if len(images) != len(labels) or len(images) != _EXPECTED_COUNTS[split]:
+            raise DataError(
+                f"{images_path.name}: {len(images)} images but {labels_path.name} has "
+                f"{len(labels)} labels (expected {_EXPECTED_COUNTS[split]})"
+            )
+        arrays[split] = (images, labels)
+    return DigitData(
+        name="mnist",
+        source=str(data_dir.resolve()),
+        train_images=to_model_input(arrays["train"][0]),
+        train_labels=arrays["train"][1].astype(np.int64),
+        test_images=to_model_input(arrays["t10k"][0]),
+        test_labels=arrays["t10k"][1].astype(np.int64),
+    )
+
+
+def _find_idx(data_dir: Path, stem: str) -> Path | None:
+    for candidate in (data_dir / f"{stem}.gz", data_dir / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _require_idx(data_dir: Path, stem: str) -> Path:
+    path = _find_idx(data_dir, stem)
+    if path is None:
+        raise DataError(f"{stem}(.gz) not found in {data_dir}")
+    return path
+
+
+def _verified_bytes(path: Path) -> bytes:
+    """The uncompressed content of an IDX file, checked against the official SHA-256."""
+    try:
+        content = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path.name}: cannot be decompressed ({error})") from error
+    stem = path.name.removesuffix(".gz")
+    _check_digest(path.name, stem, content)
+    return content
+
+
+def _check_digest(filename: str, stem: str, content: bytes) -> None:
+    expected = MNIST_SHA256[stem]
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != expected:
+        raise DataError(
+            f"{filename}: SHA-256 {actual[:12]}… does not match the official MNIST content "
+            f"({expected[:12]}…); the file is corrupted or not MNIST"
+        )
+
+
+def parse_idx_images(path: Path, content: bytes) -> np.ndarray:
+    """Parse an IDX3 unsigned-byte image file into a (n, rows, cols) uint8 array."""
+    if len(content) < 16:
+        raise DataError(f"{path.name}: truncated IDX header ({len(content)} bytes)")
+    magic, count, rows, cols = struct.unpack(">IIII", content[:16])
+    if magic != _IDX_IMAGES_MAGIC:
+        raise DataError(f"{path.name}: magic number {magic:#010x}, expected {_IDX_IMAGES_MAGIC:#010x}")
+    if (rows, cols) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{path.name}: images are {rows}x{cols}, expected 28x28")
+    _check_payload(path, content, 16, count * rows * cols)
+    return np.frombuffer(content, np.uint8, offset=16).reshape(count, rows, cols)
+
+
+def parse_idx_labels(path: Path, content: bytes) -> np.ndarray:
+    """Parse an IDX1 unsigned-byte label file into a (n,) uint8 array of digits 0-9."""
+    if len(content) < 8:
+        raise DataError(f"{path.name}: truncated IDX header ({len(content)} bytes)")
+    magic, count = struct.unpack(">II", content[:8])
+    if magic != _IDX_LABELS_MAGIC:
+        raise DataError(f"{path.name}: magic number {magic:#010x}, expected {_IDX_LABELS_MAGIC:#010x}")
+    _check_payload(path, content, 8, count)
+    labels = np.frombuffer(content, np.uint8, offset=8)
+    if labels.max(initial=0) >= NUM_CLASSES:
+        raise DataError(f"{path.name}: label {labels.max()} is not a digit")
+    return labels
+
+
+def _check_payload(path: Path, content: bytes, header_size: int, expected: int) -> None:
+    actual = len(content) - header_size
+    if actual != expected:
+        raise DataError(f"{path.name}: header promises {expected} data bytes, file holds {actual}")
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """Serialise a uint8 array as IDX, so npz content can be checked against the IDX digests."""
+    magic = _IDX_IMAGES_MAGIC if array.ndim == 3 else _IDX_LABELS_MAGIC
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def load_mnist_npz(path: Path) -> DigitData:
+    """MNIST from a Keras-style `mnist.npz`, verified against the official IDX content."""
+    try:
+        with np.load(path) as npz:
+            arrays = {key: npz[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{path.name}: not a readable Keras mnist.npz ({error})") from error
+    stems = {
+        "x_train": "train-images-idx3-ubyte",
+        "y_train": "train-labels-idx1-ubyte",
+        "x_test": "t10k-images-idx3-ubyte",
+        "y_test": "t10k-labels-idx1-ubyte",
+    }
+    for key, stem in stems.items():
+        _check_digest(f"{path.name}[{key}]", stem, _idx_bytes(arrays[key]))
+    return DigitData(
+        name="mnist",
+        source=str(path.resolve()),
+        train_images=to_model_input(arrays["x_train"]),
+        train_labels=arrays["y_train"].astype(np.int64),
+        test_images=to_model_input(arrays["x_test"]),
+        test_labels=arrays["y_test"].astype(np.int64),
+    )
+
+
+def load_mnist_keras() -> DigitData:
+    """MNIST through `keras.datasets.mnist` (downloaded once, cached and hash-checked by Keras)."""
+    import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    except Exception as error:  # network or cache failures surface as many types
+        raise DataError(
+            f"could not download MNIST through Keras ({error}); pass --data-dir or set "
+            "DIGITML_DATA_DIR to a folder with the IDX files, or use --dataset digits"
+        ) from error
+    return DigitData(
+        name="mnist",
+        source="keras.datasets.mnist",
+        train_images=to_model_input(x_train),
+        train_labels=y_train.astype(np.int64),
+        test_images=to_model_input(x_test),
+        test_labels=y_test.astype(np.int64),
+    )
+
+
+def load_digits() -> DigitData:
+    """scikit-learn's bundled 8x8 digits, upscaled to MNIST style: 20x20 ink box centred in 28x28."""
+    from PIL import Image
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    small = (bunch.images / 16.0 * 255).astype(np.uint8)
+    upscaled = np.zeros((len(small), IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    for index, image in enumerate(small):
+        big = Image.fromarray(image).resize((20, 20), Image.Resampling.BILINEAR)
+        upscaled[index, 4:24, 4:24] = np.asarray(big)
+    train_x, test_x, train_y, test_y = train_test_split(
+        upscaled,
+        bunch.target,
+        test_size=DIGITS_TEST_FRACTION,
+        random_state=DIGITS_SPLIT_SEED,
+        stratify=bunch.target,
+    )
+    return DigitData(
+        name="digits",
+        source="sklearn.datasets.load_digits",
+        train_images=to_model_input(train_x),
+        train_labels=train_y.astype(np.int64),
+        test_images=to_model_input(test_x),
+        test_labels=test_y.astype(np.int64),
+    )
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 (n, 28, 28) -> float32 (n, 28, 28, 1) in [0, 1]."""
+    return (images.astype(np.float32) / 255.0)[..., np.newaxis]
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of `size` examples, shuffled by `seed`, with the classes taking turns."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    shuffled_labels = labels[order]
+    rank_in_class = np.zeros(len(order), np.int64)
+    for digit in np.unique(labels):
+        members = shuffled_labels == digit
+        rank_in_class[members] = np.arange(members.sum())
+    return order[np.argsort(rank_in_class, kind="stable")[:size]]
+
+
+def make_splits(data: DigitData, val_fraction: float, seed: int, limit: int | None = None) -> Splits:
+    """Seeded, stratified train/validation split of the (optionally limited) training set."""
+    from sklearn.model_selection import train_test_split
+
+    images, labels = data.train_images, data.train_labels
+    if limit is not None and limit < len(labels):
+        chosen = balanced_subset(labels, limit, seed)
+        images, labels = images[chosen], labels[chosen]
+    train_x, val_x, train_y, val_y = train_test_split(
+        images, labels, test_size=val_fraction, random_state=seed, stratify=labels
+    )
+    return Splits(data, train_x, train_y, val_x, val_y)
+
+
+def content_digest(*arrays: np.ndarray) -> str:
+    """SHA-256 over every byte of the arrays (MLflow's default digest samples only the start)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]

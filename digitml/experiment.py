@@ -1,0 +1,74 @@
+"""One tracked training run, end to end: data -> fit -> test evaluation -> MLflow record."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+
+from digitml import tracking
+from digitml.config import TrainConfig, config_from_dict
+from digitml.data import DigitData, load_dataset, make_splits
+from digitml.train import predict_probabilities, train_model
+
+DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")
+EXAMPLE_IMAGES = 5
+
+
+class ResumeError(RuntimeError):
+    """The run asked for cannot be resumed; the message says why."""
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    metrics: dict[str, float]
+    train_seconds: float
+
+
+def run_training(
+    config: TrainConfig,
+    data: DigitData | None = None,
+    resume_run_id: str | None = None,
+    checkpoint_root: Path = DEFAULT_CHECKPOINT_ROOT,
+    verbose: int = 2,
+    nested: bool = False,
+    kind: str = "train",
+) -> RunOutcome:
+    """Train `config` in an MLflow run (or continue `resume_run_id`); load data before the run starts."""
+    data = data or load_dataset(config.dataset, config.data_dir)
+    splits = make_splits(data, config.val_fraction, config.seed, config.limit)
+    with tracking.tracked_run(
+        config.experiment, run_id=resume_run_id, run_name=None, nested=nested
+    ) as run:
+        run_id = run.info.run_id
+        if resume_run_id is None:
+            tracking.log_run_config(config, splits, kind=kind)
+            tracking.log_datasets(splits)
+        backup_dir = checkpoint_root / run_id
+        result = train_model(
+            config, splits, [tracking.EpochMetricsLogger()], backup_dir=backup_dir, verbose=verbose
+        )
+        tracking.log_training_summary(result.model, run_id, result.train_seconds)
+        probabilities = predict_probabilities(result.model, splits.test_images)
+        metrics = tracking.log_test_results(splits, probabilities)
+        with tempfile.TemporaryDirectory() as work_dir:
+            tracking.log_models(result.model, splits.test_images[:EXAMPLE_IMAGES], Path(work_dir))
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    return RunOutcome(run_id, metrics, result.train_seconds)
+
+
+def resumable_config(run_id: str) -> TrainConfig:
+    """The config of an unfinished run, or ResumeError if it finished or does not exist."""
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise ResumeError(f"run {run_id} not found in {mlflow.get_tracking_uri()}") from error
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} already finished; nothing to resume")
+    import yaml
+
+    return config_from_dict(yaml.safe_load(tracking.read_run_config(run_id)), source=f"run {run_id}")

@@ -1,0 +1,153 @@
+"""Architecture builders, registered by name. Each returns an uncompiled Keras model."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+from keras import layers
+
+INPUT_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+# Keras' default 0.99 averages over ~100 steps: too slow for short runs (it collapsed accuracy).
+BN_MOMENTUM = 0.9
+
+
+def conv_net(
+    conv1_filters: int = 32,
+    conv2_filters: int = 64,
+    dense_units: int = 128,
+    batch_norm: bool = False,
+    conv_dropout: float = 0.0,
+    dense_dropout: float = 0.0,
+) -> keras.Model:
+    """Two Conv blocks (Conv [+BN] + MaxPool [+Dropout]), Dense [+Dropout], softmax."""
+    model = keras.Sequential([keras.Input(INPUT_SHAPE)], name="conv_net")
+    for filters in (conv1_filters, conv2_filters):
+        model.add(layers.Conv2D(filters, 3, activation=None if batch_norm else "relu"))
+        if batch_norm:
+            model.add(layers.BatchNormalization(momentum=BN_MOMENTUM))
+            model.add(layers.Activation("relu"))
+        model.add(layers.MaxPooling2D())
+        if conv_dropout:
+            model.add(layers.Dropout(conv_dropout))
+    model.add(layers.Flatten())
+    model.add(layers.Dense(dense_units, activation="relu"))
+    if dense_dropout:
+        model.add(layers.Dropout(dense_dropout))
+    model.add(layers.Dense(NUM_CLASSES, activation="softmax"))
+    return model
+
+
+def _conv_bn(tensor: Any, filters: int, relu: bool = True) -> Any:
+    tensor = layers.Conv2D(filters, 3, padding="same")(tensor)
+    tensor = layers.BatchNormalization(momentum=BN_MOMENTUM)(tensor)
+    return layers.Activation("relu")(tensor) if relu else tensor
+
+
+def _residual_block(tensor: Any, filters: int) -> Any:
+    """Two Conv+BN with the input added back, ReLU after the add."""
+    shortcut = tensor
+    tensor = _conv_bn(tensor, filters)
+    tensor = _conv_bn(tensor, filters, relu=False)
+    return layers.Activation("relu")(layers.Add()([tensor, shortcut]))
+
+
+def resnet(
+    stage_filters: Sequence[int] = (64, 128),
+    dense_units: int = 256,
+    dropout: float = 0.25,
+    dense_dropout: float = 0.5,
+) -> keras.Model:
+    """The reference residual network: a Conv+BN stem per stage, a residual block, pool, dropout."""
+    inputs = keras.Input(INPUT_SHAPE)
+    tensor = inputs
+    for filters in stage_filters:
+        tensor = _conv_bn(tensor, filters)
+        tensor = _residual_block(tensor, filters)
+        tensor = layers.MaxPooling2D()(tensor)
+        tensor = layers.Dropout(dropout)(tensor)
+    tensor = layers.Flatten()(tensor)
+    tensor = layers.Dense(dense_units)(tensor)
+    tensor = layers.BatchNormalization(momentum=BN_MOMENTUM)(tensor)
+    tensor = layers.Activation("relu")(tensor)
+    tensor = layers.Dropout(dense_dropout)(tensor)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax")(tensor)
+    return keras.Model(inputs, outputs, name="resnet")
+
+
+def vgg(
+    stage_filters: Sequence[int] = (32, 64),
+    convs_per_stage: int = 2,
+    dense_units: int = 128,
+    dropout: float = 0.1,
+    dense_dropout: float = 0.3,
+) -> keras.Model:
+    """VGG-style stages of Conv+BN pairs and max-pooling, then a small Dense head."""
+    inputs = keras.Input(INPUT_SHAPE)
+    tensor = inputs
+    for filters in stage_filters:
+        for _ in range(convs_per_stage):
+            tensor = _conv_bn(tensor, filters)
+        tensor = layers.MaxPooling2D()(tensor)
+        if dropout:
+            tensor = layers.Dropout(dropout)(tensor)
+    tensor = layers.Flatten()(tensor)
+    tensor = layers.Dense(dense_units)(tensor)
+    tensor = layers.BatchNormalization(momentum=BN_MOMENTUM)(tensor)
+    tensor = layers.Activation("relu")(tensor)
+    if dense_dropout:
+        tensor = layers.Dropout(dense_dropout)(tensor)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax")(tensor)
+    return keras.Model(inputs, outputs, name="vgg")
+
+
+# name -> (builder, the parameters that make it that architecture)
+MODELS: dict[str, tuple[Callable[..., keras.Model], dict[str, Any]]] = {
+    "baseline": (conv_net, {}),
+    "regularized": (
+        conv_net,
+        {"batch_norm": True, "conv_dropout": 0.25, "dense_dropout": 0.5},
+    ),
+    "tuned": (
+        conv_net,
+        {"conv1_filters": 128, "conv2_filters": 192, "dense_units": 256, "dense_dropout": 0.5},
+    ),
+    "resnet": (resnet, {}),
+    "small": (vgg, {"stage_filters": (16, 32), "convs_per_stage": 1, "dense_units": 64}),
+    "vgg": (vgg, {}),
+}
+MODEL_NAMES = tuple(MODELS)
+MODEL_DESCRIPTIONS = {
+    "baseline": "simple CNN: Conv32-Pool-Conv64-Pool-Dense128",
+    "regularized": "Conv+BN+Pool+Dropout25% blocks, Dense128+Dropout50%",
+    "tuned": "reference tuner's best: Conv128-Conv192-Dense256",
+    "resnet": "residual network, 64 then 128 filters, Dense256",
+    "small": "tiny VGG for the fast recipe",
+    "vgg": "VGG-style Conv+BN pairs, the default recipe's network",
+}
+
+
+def check_model_params(name: str, params: dict[str, Any]) -> None:
+    """Raise ValueError if `params` holds a key the architecture's builder does not take."""
+    builder, _ = MODELS[name]
+    accepted = inspect.signature(builder).parameters
+    for key in params:
+        if key not in accepted:
+            raise ValueError(f"'{key}' is not a parameter of {name} (takes: {', '.join(accepted)})")
+
+
+def build_model(name: str, params: dict[str, Any] | None = None) -> keras.Model:
+    """Build the named architecture, `params` overriding its registered defaults."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}' (known: {', '.join(MODEL_NAMES)})")
+    builder, defaults = MODELS[name]
+    check_model_params(name, params or {})
+    return builder(**{**defaults, **(params or {})})
+
+
+def parameter_counts() -> list[tuple[str, int, str]]:
+    """(name, parameter count, description) for every registered architecture."""
+    return [(name, build_model(name).count_params(), MODEL_DESCRIPTIONS[name]) for name in MODELS]

@@ -1,0 +1,137 @@
+"""Test-set metrics and the figures that explain them."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn import metrics as skmetrics  # noqa: E402
+
+DIGITS = list(range(10))
+MISCLASSIFIED_SHOWN = 36
+
+
+def test_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """test_accuracy, test_loss, macro/weighted P/R/F1 and per-class P/R/F1 (`test_recall_6`)."""
+    predicted = probabilities.argmax(axis=1)
+    values = {
+        "test_accuracy": float(skmetrics.accuracy_score(labels, predicted)),
+        "test_loss": float(skmetrics.log_loss(labels, probabilities, labels=DIGITS)),
+    }
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = skmetrics.precision_recall_fscore_support(
+            labels, predicted, labels=DIGITS, average=average, zero_division=0
+        )
+        values.update(
+            {
+                f"test_precision_{average}": float(precision),
+                f"test_recall_{average}": float(recall),
+                f"test_f1_{average}": float(f1),
+            }
+        )
+    precision, recall, f1, _ = skmetrics.precision_recall_fscore_support(
+        labels, predicted, labels=DIGITS, zero_division=0
+    )
+    for digit in DIGITS:
+        values[f"test_precision_{digit}"] = float(precision[digit])
+        values[f"test_recall_{digit}"] = float(recall[digit])
+        values[f"test_f1_{digit}"] = float(f1[digit])
+    return values
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    return skmetrics.confusion_matrix(labels, predicted, labels=DIGITS)
+
+
+def confusion_csv(matrix: np.ndarray) -> str:
+    """Rows are true digits, columns predicted digits, with a header row and column."""
+    buffer = io.StringIO()
+    buffer.write("true\\predicted," + ",".join(map(str, DIGITS)) + "\n")
+    for digit, row in zip(DIGITS, matrix):
+        buffer.write(f"{digit}," + ",".join(map(str, row)) + "\n")
+    return buffer.getvalue()
+
+
+def confusion_figure(matrix: np.ndarray) -> Figure:
+    figure, axes = plt.subplots(figsize=(7, 6))
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    axes.set(
+        xticks=DIGITS,
+        yticks=DIGITS,
+        xlabel="Predicted digit",
+        ylabel="True digit",
+        title="Confusion matrix (test set, counts)",
+    )
+    threshold = matrix.max() / 2
+    for true_digit in DIGITS:
+        for predicted_digit in DIGITS:
+            count = matrix[true_digit, predicted_digit]
+            axes.text(
+                predicted_digit,
+                true_digit,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if count > threshold else "black",
+            )
+    figure.tight_layout()
+    return figure
+
+
+def classification_report(labels: np.ndarray, predicted: np.ndarray) -> tuple[str, dict]:
+    """scikit-learn's report as text and as a dict (for classification_report.json)."""
+    names = [str(digit) for digit in DIGITS]
+    kwargs = {"labels": DIGITS, "target_names": names, "digits": 4, "zero_division": 0}
+    text = skmetrics.classification_report(labels, predicted, **kwargs)
+    as_dict = skmetrics.classification_report(labels, predicted, output_dict=True, **kwargs)
+    return text, as_dict
+
+
+def training_curves_figure(history: dict[str, list[float]]) -> Figure:
+    """Loss and accuracy per epoch, training against validation."""
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
+            if history.get(key):
+                axes.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=label)
+        axes.set(xlabel="Epoch", ylabel=metric, title=metric.capitalize())
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def misclassified_figure(
+    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
+) -> Figure:
+    """A grid of the most confident wrong predictions, titled `true → predicted (confidence)`."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:MISCLASSIFIED_SHOWN]
+    columns = 6
+    rows = max(1, math.ceil(len(wrong) / columns))
+    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    for cell in grid.flat:
+        cell.axis("off")
+    for cell, index in zip(grid.flat, wrong):
+        cell.imshow(images[index].squeeze(), cmap="gray")
+        confidence = probabilities[index, predicted[index]]
+        cell.set_title(f"{labels[index]} → {predicted[index]} ({confidence:.2f})", fontsize=8)
+    figure.suptitle(f"Misclassified test images: {len(np.flatnonzero(predicted != labels))} (true → predicted)")
+    figure.tight_layout()
+    return figure
+
+
+
+def close_figures() -> None:
+    """Free matplotlib's figures once logged (long searches would otherwise pile them up)."""
+    plt.close("all")

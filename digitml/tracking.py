@@ -1,0 +1,188 @@
+"""Everything MLflow: runs and their status, params, per-epoch metrics, datasets, figures, models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import RunStatus
+from mlflow.models import infer_signature
+
+from digitml import reports
+from digitml.config import TrainConfig
+from digitml.data import Splits, content_digest
+
+CONFIG_ARTIFACT = "config.yaml"
+KERAS_MODEL_NAME = "keras_model"
+PYFUNC_MODEL_NAME = "model"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+PACKAGE_DIR = Path(__file__).resolve().parent
+CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout digitml runs from, if it is one."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def flat_params(config: TrainConfig) -> dict[str, Any]:
+    """Every resolved hyperparameter as an MLflow param; nested settings as `section.key`."""
+    params: dict[str, Any] = {}
+    for key, value in config.to_dict().items():
+        if key == "model_params":
+            params.update({f"model_params.{name}": v for name, v in value.items()})
+        elif isinstance(value, dict):
+            params[key] = "true"
+            params.update({f"{key}.{name}": v for name, v in value.items()})
+        elif key in ("early_stopping", "reduce_lr"):  # a callback switched off
+            params[key] = "false"
+        else:
+            params[key] = value
+    params["augmentation"] = str(config.augmentation.enabled).lower()
+    return params
+
+
+@contextmanager
+def tracked_run(
+    experiment: str,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or re-enter) a run that always ends FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM)."""
+    mlflow.set_experiment(experiment)
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_run_config(config: TrainConfig, splits: Splits, kind: str = "train") -> None:
+    """Params, the resolved config as config.yaml, and the identifying tags of a training run."""
+    params = flat_params(config)
+    params.update(train_size=len(splits.train_labels), val_size=len(splits.val_labels))
+    mlflow.log_params(params)
+    mlflow.log_text(config.to_yaml(), CONFIG_ARTIFACT)
+    tags = {"config": config.name, "digitml.kind": kind}
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    mlflow.set_tags(tags)
+
+
+def read_run_config(run_id: str) -> str:
+    """The config.yaml text a run was started with."""
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG_ARTIFACT}")
+
+
+def log_datasets(splits: Splits) -> None:
+    """Training, validation and test sets as run inputs, digested over their full content."""
+    parts = {
+        "training": (splits.train_images, splits.train_labels),
+        "validation": (splits.val_images, splits.val_labels),
+        "test": (splits.test_images, splits.test_labels),
+    }
+    for context, (images, labels) in parts.items():
+        with warnings.catch_warnings():  # MLflow warns that a plain source string is ambiguous
+            warnings.simplefilter("ignore")
+            dataset = mlflow.data.from_numpy(
+                images,
+                targets=labels,
+                source=splits.data.source,
+                name=f"{splits.data.name}-{context}",
+                digest=content_digest(images, labels),
+            )
+        mlflow.log_input(dataset, context=context)
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Logs loss, accuracy, val_loss, val_accuracy, learning_rate and epoch_seconds, step = epoch."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = {key: float(value) for key, value in (logs or {}).items()}
+        values["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        values["epoch_seconds"] = time.perf_counter() - self._epoch_started
+        mlflow.log_metrics(values, step=epoch)
+
+
+def log_test_results(splits: Splits, probabilities: np.ndarray) -> dict[str, float]:
+    """Test metrics plus the confusion matrix, classification report and misclassified grid."""
+    labels = splits.test_labels
+    predicted = probabilities.argmax(axis=1)
+    metrics = reports.test_metrics(labels, probabilities)
+    mlflow.log_metrics(metrics)
+    matrix = reports.confusion(labels, predicted)
+    mlflow.log_figure(reports.confusion_figure(matrix), "confusion_matrix.png")
+    mlflow.log_text(reports.confusion_csv(matrix), "confusion_matrix.csv")
+    report_text, report_dict = reports.classification_report(labels, predicted)
+    mlflow.log_text(report_text, "classification_report.txt")
+    mlflow.log_text(json.dumps(report_dict, indent=2), "classification_report.json")
+    mlflow.log_figure(
+        reports.misclassified_figure(splits.test_images, labels, probabilities), "misclassified.png"
+    )
+    reports.close_figures()
+    return metrics
+
+
+def logged_history(run_id: str, keys: tuple[str, ...] = CURVE_METRICS) -> dict[str, list[float]]:
+    """Per-epoch values as MLflow holds them: complete even when the run was resumed."""
+    client = mlflow.MlflowClient()
+    return {
+        key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+        for key in keys
+    }
+
+
+def log_training_summary(model: keras.Model, run_id: str, seconds: float) -> None:
+    """train_seconds, training_curves.png and model_summary.txt."""
+    mlflow.log_metric("train_seconds", seconds)
+    mlflow.log_figure(reports.training_curves_figure(logged_history(run_id)), "training_curves.png")
+    reports.close_figures()
+    summary: list[str] = []
+    model.summary(print_fn=lambda line, **_: summary.append(line))
+    mlflow.log_text("\n".join(summary), "model_summary.txt")
+
+
+def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -> None:
+    """The native Keras model (`keras_model`) and the pyfunc digit classifier (`model`)."""
+    example_probabilities = np.asarray(model.predict_on_batch(example_images))
+    mlflow.keras.log_model(
+        model,
+        name=KERAS_MODEL_NAME,
+        signature=infer_signature(example_images, example_probabilities),
+    )
+    keras_file = work_dir / "digit_model.keras"
+    model.save(keras_file)
+    mlflow.pyfunc.log_model(
+        name=PYFUNC_MODEL_NAME,
+        python_model=str(PYFUNC_CODE),
+        artifacts={"keras_model": str(keras_file)},
+        code_paths=[str(PACKAGE_DIR)],
+        input_example=pd.DataFrame({"pixels": [image.squeeze().tolist() for image in example_images[:2]]}),
+    )

@@ -1,0 +1,162 @@
+"""Fit a model from a TrainConfig: optimizer, LR schedule, augmentation, callbacks."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from digitml.config import AugmentationConfig, TrainConfig
+from digitml.data import Splits
+from digitml.models import build_model
+
+ONECYCLE_WARMUP_FRACTION = 0.3
+ONECYCLE_START_DIVISOR = 25.0
+FINAL_LR_FRACTION = 1e-3
+PREDICT_BATCH = 1024
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    history: dict[str, list[float]]
+    train_seconds: float
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    return math.ceil(train_size / batch_size)
+
+
+def learning_rate(config: TrainConfig, train_size: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """A constant rate, a cosine decay, or OneCycle (linear warm-up to the peak, cosine down)."""
+    total_steps = steps_per_epoch(train_size, config.batch_size) * config.epochs
+    if config.schedule == "constant":
+        return config.learning_rate
+    if config.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, total_steps, alpha=FINAL_LR_FRACTION
+        )
+    warmup_steps = int(total_steps * ONECYCLE_WARMUP_FRACTION)
+    return keras.optimizers.schedules.CosineDecay(
+        config.learning_rate / ONECYCLE_START_DIVISOR,
+        decay_steps=total_steps - warmup_steps,
+        alpha=FINAL_LR_FRACTION * ONECYCLE_START_DIVISOR,
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup_steps,
+    )
+
+
+def make_optimizer(config: TrainConfig, train_size: int) -> keras.optimizers.Optimizer:
+    rate = learning_rate(config, train_size)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
+    if config.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(rate)
+    return keras.optimizers.Adam(rate)
+
+
+def augmenter(augmentation: AugmentationConfig, seed: int) -> keras.Sequential | None:
+    """Random rotation/translation/zoom filling with black (reflecting would smear strokes)."""
+    if not augmentation.enabled:
+        return None
+    transforms = []
+    if augmentation.rotation:
+        transforms.append(
+            keras.layers.RandomRotation(augmentation.rotation, fill_mode="constant", seed=seed)
+        )
+    if augmentation.translation:
+        transforms.append(
+            keras.layers.RandomTranslation(
+                augmentation.translation, augmentation.translation, fill_mode="constant", seed=seed
+            )
+        )
+    if augmentation.zoom:
+        transforms.append(
+            keras.layers.RandomZoom(augmentation.zoom, fill_mode="constant", seed=seed)
+        )
+    return keras.Sequential(transforms, name="augmentation")
+
+
+def training_dataset(splits: Splits, config: TrainConfig) -> tf.data.Dataset:
+    """Shuffled (seeded), batched, optionally augmented training batches."""
+    dataset = tf.data.Dataset.from_tensor_slices((splits.train_images, splits.train_labels))
+    dataset = dataset.shuffle(len(splits.train_labels), seed=config.seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(config.batch_size)
+    augment = augmenter(config.augmentation, config.seed)
+    if augment is not None:
+        dataset = dataset.map(
+            lambda images, labels: (augment(images, training=True), labels),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def training_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
+    """The callbacks the config asks for (early stopping, LR reduction on plateau)."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if config.early_stopping is not None:
+        stopping = config.early_stopping
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=stopping.monitor,
+                patience=stopping.patience,
+                restore_best_weights=stopping.restore_best_weights,
+            )
+        )
+    if config.reduce_lr is not None:
+        plateau = config.reduce_lr
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=plateau.monitor,
+                factor=plateau.factor,
+                patience=plateau.patience,
+                min_lr=plateau.min_lr,
+            )
+        )
+    return callbacks
+
+
+def train_model(
+    config: TrainConfig,
+    splits: Splits,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    backup_dir: Path | None = None,
+    verbose: int = 2,
+) -> TrainResult:
+    """Build, compile and fit the configured model; resumes from `backup_dir` when it holds a backup."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config.model, config.model_params)
+    model.compile(
+        optimizer=make_optimizer(config, len(splits.train_labels)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    callbacks = training_callbacks(config) + list(extra_callbacks)
+    if backup_dir is not None:
+        # Kept until the run is fully logged, so a kill after the last epoch loses no training.
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
+    started = time.perf_counter()
+    history = model.fit(
+        training_dataset(splits, config),
+        validation_data=(splits.val_images, splits.val_labels),
+        validation_batch_size=PREDICT_BATCH,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    return TrainResult(model, history.history, time.perf_counter() - started)
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """Class probabilities in large batches, without `model.predict`'s per-call overhead."""
+    chunks = [
+        np.asarray(model.predict_on_batch(images[start : start + PREDICT_BATCH]))
+        for start in range(0, len(images), PREDICT_BATCH)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 10), np.float32)
