@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -46,30 +45,55 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--config", "config_file", type=OrUnset(click.STRING), help="YAML file or name in experiments/ (default: default).")
-@click.option("--model", type=OrUnset(click.STRING), help="Architecture name (see `digitml models`).")
+@click.option(
+    "--config",
+    "config_file",
+    type=OrUnset(click.STRING),
+    help="YAML file or name in experiments/ (default: default).",
+)
+@click.option(
+    "--model", type=OrUnset(click.STRING), help="Architecture name (see `digitml models`)."
+)
 @click.option("--epochs", type=POSITIVE_INT)
 @click.option("--batch-size", type=POSITIVE_INT)
 @click.option("--learning-rate", type=POSITIVE_FLOAT)
 @click.option("--optimizer", type=OrUnset(click.Choice(OPTIMIZERS)))
 @click.option("--dataset", type=OrUnset(click.Choice(DATASETS)))
-@click.option("--data-dir", envvar="DIGITML_DATA_DIR", type=OrUnset(click.STRING), help="Folder with the MNIST IDX files or mnist.npz [env DIGITML_DATA_DIR].")
-@click.option("--limit", type=OrUnset(click.IntRange(min=20)), help="Train on N training images (seeded, class-balanced).")
+@click.option(
+    "--data-dir",
+    type=OrUnset(click.STRING),
+    help="Folder with the MNIST IDX files or mnist.npz [env DIGITML_DATA_DIR].",
+)
+@click.option(
+    "--limit",
+    type=OrUnset(click.IntRange(min=20)),
+    help="Train on N training images (seeded, class-balanced).",
+)
 @click.option("--experiment", type=OrUnset(click.STRING), help="MLflow experiment name.")
 @click.option("--seed", type=OrUnset(click.IntRange(min=0)))
-@click.option("--resume", "resume_run_id", type=OrUnset(click.STRING), help="Continue an interrupted run (its own config).")
+@click.option(
+    "--resume",
+    "resume_run_id",
+    type=OrUnset(click.STRING),
+    help="Continue an interrupted run (its own config).",
+)
 def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) -> None:
     """Train a model and record the run in MLflow."""
     from digitml.config import load_config
     from digitml.data import DataError
     from digitml.experiment import ResumeError, resumable_config, run_training
 
+    # Read here, not through click's envvar: MLproject passes '' for an unset --data-dir.
+    overrides["data_dir"] = overrides["data_dir"] or os.environ.get("DIGITML_DATA_DIR") or None
     try:
         if resume_run_id:
-            given = [name for name, value in overrides.items() if value is not None and name != "data_dir"]
+            config = resumable_config(resume_run_id, data_dir=overrides.pop("data_dir"))
+            given = [name for name, value in overrides.items() if value is not None]
             if given or config_file:
-                raise click.UsageError("--resume takes the run's own config; drop --" + (given or ["config"])[0].replace("_", "-"))
-            config = resumable_config(resume_run_id)
+                option = (given or ["config"])[0].replace("_", "-")
+                raise click.UsageError(
+                    f"--resume continues with the run's own config; drop --{option}"
+                )
         else:
             config = load_config(config_file, overrides)
     except ConfigError as error:
@@ -80,7 +104,7 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         outcome = run_training(
-            config, resume_run_id=resume_run_id, verbose=1 if sys.stdout.isatty() else 2
+            config, resume_run_id=resume_run_id, progress_bar=sys.stdout.isatty()
         )
     except DataError as error:
         raise click.ClickException(str(error)) from error

@@ -96,7 +96,9 @@ def config_path(name_or_path: str) -> Path:
     raise ConfigError(f"config file not found: {name_or_path}")
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Read a YAML config (default: experiments/default.yaml), apply overrides, validate."""
     path = config_path(str(path)) if path else EXPERIMENTS_DIR / DEFAULT_CONFIG
     try:
@@ -115,7 +117,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{source}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"{source}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})"
+        )
     values = dict(raw)
     for key, nested_type in _NESTED.items():
         if key in values and values[key] is not None:
@@ -131,7 +135,9 @@ def _nested(nested_type: type, raw: Any, where: str) -> Any:
     known = {f.name for f in dataclasses.fields(nested_type)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})"
+        )
     return nested_type(**raw)
 
 

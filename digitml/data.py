@@ -140,7 +140,9 @@ def parse_idx_images(path: Path, content: bytes) -> np.ndarray:
         raise DataError(f"{path.name}: truncated IDX header ({len(content)} bytes)")
     magic, count, rows, cols = struct.unpack(">IIII", content[:16])
     if magic != _IDX_IMAGES_MAGIC:
-        raise DataError(f"{path.name}: magic number {magic:#010x}, expected {_IDX_IMAGES_MAGIC:#010x}")
+        raise DataError(
+            f"{path.name}: magic number {magic:#010x}, expected {_IDX_IMAGES_MAGIC:#010x}"
+        )
     if (rows, cols) != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(f"{path.name}: images are {rows}x{cols}, expected 28x28")
     _check_payload(path, content, 16, count * rows * cols)
@@ -153,7 +155,9 @@ def parse_idx_labels(path: Path, content: bytes) -> np.ndarray:
         raise DataError(f"{path.name}: truncated IDX header ({len(content)} bytes)")
     magic, count = struct.unpack(">II", content[:8])
     if magic != _IDX_LABELS_MAGIC:
-        raise DataError(f"{path.name}: magic number {magic:#010x}, expected {_IDX_LABELS_MAGIC:#010x}")
+        raise DataError(
+            f"{path.name}: magic number {magic:#010x}, expected {_IDX_LABELS_MAGIC:#010x}"
+        )
     _check_payload(path, content, 8, count)
     labels = np.frombuffer(content, np.uint8, offset=8)
     if labels.max(initial=0) >= NUM_CLASSES:
@@ -264,7 +268,9 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return order[np.argsort(rank_in_class, kind="stable")[:size]]
 
 
-def make_splits(data: DigitData, val_fraction: float, seed: int, limit: int | None = None) -> Splits:
+def make_splits(
+    data: DigitData, val_fraction: float, seed: int, limit: int | None = None
+) -> Splits:
     """Seeded, stratified train/validation split of the (optionally limited) training set."""
     from sklearn.model_selection import train_test_split
 

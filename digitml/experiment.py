@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import yaml
 
 from digitml import tracking
 from digitml.config import TrainConfig, config_from_dict
@@ -34,7 +35,7 @@ def run_training(
     data: DigitData | None = None,
     resume_run_id: str | None = None,
     checkpoint_root: Path = DEFAULT_CHECKPOINT_ROOT,
-    verbose: int = 2,
+    progress_bar: bool = False,
     nested: bool = False,
     kind: str = "train",
 ) -> RunOutcome:
@@ -45,12 +46,17 @@ def run_training(
         config.experiment, run_id=resume_run_id, run_name=None, nested=nested
     ) as run:
         run_id = run.info.run_id
+        print(f"MLflow run {run_id} in experiment '{config.experiment}'", flush=True)
         if resume_run_id is None:
             tracking.log_run_config(config, splits, kind=kind)
             tracking.log_datasets(splits)
         backup_dir = checkpoint_root / run_id
         result = train_model(
-            config, splits, [tracking.EpochMetricsLogger()], backup_dir=backup_dir, verbose=verbose
+            config,
+            splits,
+            [tracking.EpochMetricsLogger()],
+            backup_dir=backup_dir,
+            progress_bar=progress_bar,
         )
         tracking.log_training_summary(result.model, run_id, result.train_seconds)
         probabilities = predict_probabilities(result.model, splits.test_images)
@@ -61,14 +67,15 @@ def run_training(
     return RunOutcome(run_id, metrics, result.train_seconds)
 
 
-def resumable_config(run_id: str) -> TrainConfig:
-    """The config of an unfinished run, or ResumeError if it finished or does not exist."""
+def resumable_config(run_id: str, data_dir: str | None = None) -> TrainConfig:
+    """The config of an unfinished run (data read from `data_dir` if given), else ResumeError."""
     try:
         run = mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException as error:
         raise ResumeError(f"run {run_id} not found in {mlflow.get_tracking_uri()}") from error
     if run.info.status == "FINISHED":
         raise ResumeError(f"run {run_id} already finished; nothing to resume")
-    import yaml
-
-    return config_from_dict(yaml.safe_load(tracking.read_run_config(run_id)), source=f"run {run_id}")
+    raw = yaml.safe_load(tracking.read_run_config(run_id))
+    if data_dir:
+        raw["data_dir"] = data_dir
+    return config_from_dict(raw, source=f"run {run_id}")

@@ -28,7 +28,9 @@ def pixels_to_array(pixels: Any, where: str = "pixels") -> np.ndarray:
     if array.size == IMAGE_SIZE * IMAGE_SIZE and array.ndim in (1, 3):
         array = array.reshape(IMAGE_SIZE, IMAGE_SIZE)
     if array.shape != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ImageInputError(f"{where}: expected shape 28x28, got {'x'.join(map(str, array.shape))}")
+        raise ImageInputError(
+            f"{where}: expected shape 28x28, got {'x'.join(map(str, array.shape))}"
+        )
     if not np.isfinite(array).all():
         raise ImageInputError(f"{where}: contains NaN or infinity")
     if array.min() < 0 or array.max() > 255:
@@ -41,7 +43,9 @@ def pixels_to_array(pixels: Any, where: str = "pixels") -> np.ndarray:
 
 def pixels_batch(rows: Iterable[Any]) -> np.ndarray:
     """Stack many pixel arrays into model input (n, 28, 28, 1); raise naming the bad row."""
-    arrays = [pixels_to_array(pixels, where=f"row {index}: pixels") for index, pixels in enumerate(rows)]
+    arrays = [
+        pixels_to_array(pixels, where=f"row {index}: pixels") for index, pixels in enumerate(rows)
+    ]
     if not arrays:
         raise ImageInputError("the batch is empty: send at least one row")
     return np.stack(arrays)[..., np.newaxis]

@@ -9,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn import metrics as skmetrics  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn import metrics as skmetrics
 
 DIGITS = list(range(10))
 MISCLASSIFIED_SHOWN = 36
@@ -126,10 +126,11 @@ def misclassified_figure(
         cell.imshow(images[index].squeeze(), cmap="gray")
         confidence = probabilities[index, predicted[index]]
         cell.set_title(f"{labels[index]} → {predicted[index]} ({confidence:.2f})", fontsize=8)
-    figure.suptitle(f"Misclassified test images: {len(np.flatnonzero(predicted != labels))} (true → predicted)")
+    figure.suptitle(
+        f"Misclassified test images: {len(np.flatnonzero(predicted != labels))} (true → predicted)"
+    )
     figure.tight_layout()
     return figure
-
 
 
 def close_figures() -> None:

@@ -126,7 +126,9 @@ class EpochMetricsLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         values = {key: float(value) for key, value in (logs or {}).items()}
-        values["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        values["learning_rate"] = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
         values["epoch_seconds"] = time.perf_counter() - self._epoch_started
         mlflow.log_metrics(values, step=epoch)
 
@@ -184,5 +186,7 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
         python_model=str(PYFUNC_CODE),
         artifacts={"keras_model": str(keras_file)},
         code_paths=[str(PACKAGE_DIR)],
-        input_example=pd.DataFrame({"pixels": [image.squeeze().tolist() for image in example_images[:2]]}),
+        input_example=pd.DataFrame(
+            {"pixels": [image.squeeze().tolist() for image in example_images[:2]]}
+        ),
     )

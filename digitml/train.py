@@ -33,7 +33,9 @@ def steps_per_epoch(train_size: int, batch_size: int) -> int:
     return math.ceil(train_size / batch_size)
 
 
-def learning_rate(config: TrainConfig, train_size: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate(
+    config: TrainConfig, train_size: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """A constant rate, a cosine decay, or OneCycle (linear warm-up to the peak, cosine down)."""
     total_steps = steps_per_epoch(train_size, config.batch_size) * config.epochs
     if config.schedule == "constant":
@@ -86,7 +88,9 @@ def augmenter(augmentation: AugmentationConfig, seed: int) -> keras.Sequential |
 def training_dataset(splits: Splits, config: TrainConfig) -> tf.data.Dataset:
     """Shuffled (seeded), batched, optionally augmented training batches."""
     dataset = tf.data.Dataset.from_tensor_slices((splits.train_images, splits.train_labels))
-    dataset = dataset.shuffle(len(splits.train_labels), seed=config.seed, reshuffle_each_iteration=True)
+    dataset = dataset.shuffle(
+        len(splits.train_labels), seed=config.seed, reshuffle_each_iteration=True
+    )
     dataset = dataset.batch(config.batch_size)
     augment = augmenter(config.augmentation, config.seed)
     if augment is not None:
@@ -122,14 +126,29 @@ def training_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
+class EpochLinePrinter(keras.callbacks.Callback):
+    """One line per epoch, for logs and pipes where Keras' progress bar would be noise."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = " - ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items())
+        seconds = time.perf_counter() - self._started
+        print(f"epoch {epoch + 1}/{self.params['epochs']} - {values} - {seconds:.1f}s", flush=True)
+
+
 def train_model(
     config: TrainConfig,
     splits: Splits,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     backup_dir: Path | None = None,
-    verbose: int = 2,
+    progress_bar: bool = False,
 ) -> TrainResult:
-    """Build, compile and fit the configured model; resumes from `backup_dir` when it holds a backup."""
+    """Build, compile and fit the configured model; resumes from `backup_dir` when it holds a backup.
+
+    `progress_bar` shows Keras' bar (for terminals); otherwise one line is printed per epoch.
+    """
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.model, config.model_params)
     model.compile(
@@ -138,6 +157,8 @@ def train_model(
         metrics=["accuracy"],
     )
     callbacks = training_callbacks(config) + list(extra_callbacks)
+    if not progress_bar:
+        callbacks.append(EpochLinePrinter())
     if backup_dir is not None:
         # Kept until the run is fully logged, so a kill after the last epoch loses no training.
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
@@ -148,7 +169,8 @@ def train_model(
         validation_batch_size=PREDICT_BATCH,
         epochs=config.epochs,
         callbacks=callbacks,
-        verbose=verbose,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
+        verbose=1 if progress_bar else 0,
     )
     return TrainResult(model, history.history, time.perf_counter() - started)
 

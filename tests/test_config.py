@@ -1,0 +1,95 @@
+import pytest
+
+from digitml.config import EXPERIMENTS_DIR, ConfigError, load_config
+
+REFERENCE_CONFIGS = ["baseline", "callbacks", "regularized", "tuned", "resnet", "default", "fast"]
+
+
+@pytest.mark.parametrize("name", REFERENCE_CONFIGS)
+def test_every_experiment_config_is_valid(name):
+    config = load_config(EXPERIMENTS_DIR / f"{name}.yaml")
+    assert config.name == name
+
+
+def test_no_config_means_default_yaml():
+    assert load_config().name == "default"
+
+
+def test_baseline_matches_the_reference_stage():
+    config = load_config("baseline")
+    assert (config.model, config.epochs, config.batch_size, config.val_fraction) == (
+        "baseline",
+        10,
+        64,
+        0.1,
+    )
+    assert config.early_stopping is None and config.reduce_lr is None
+
+
+def test_callbacks_config_has_the_reference_callbacks():
+    config = load_config("callbacks")
+    assert config.epochs == 50
+    assert (config.early_stopping.monitor, config.early_stopping.patience) == ("val_loss", 3)
+    assert config.early_stopping.restore_best_weights
+    plateau = config.reduce_lr
+    assert (plateau.monitor, plateau.factor, plateau.patience, plateau.min_lr) == (
+        "val_loss",
+        0.2,
+        2,
+        1e-4,
+    )
+
+
+def test_default_recipe_augments_with_a_schedule():
+    config = load_config("default")
+    assert config.augmentation.enabled and config.schedule != "constant"
+
+
+def test_overrides_win_over_the_file_and_none_means_unset():
+    config = load_config("baseline", {"epochs": 3, "model": "resnet", "seed": None})
+    assert (config.epochs, config.model, config.seed) == (3, "resnet", 42)
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: baseline\nepochz: 3\n")
+    with pytest.raises(ConfigError, match="epochz"):
+        load_config(path)
+
+
+def test_unknown_nested_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("augmentation:\n  rotate: 0.1\n")
+    with pytest.raises(ConfigError, match="augmentation.*rotate"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": -3}, "epochs"),
+        ({"batch_size": "big"}, "batch_size"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"model": "transformer"}, "model"),
+        ({"optimizer": "adagrad"}, "optimizer"),
+        ({"dataset": "cifar"}, "dataset"),
+        ({"limit": 5}, "limit"),
+        ({"model_params": {"heads": 4}}, "heads"),
+    ],
+)
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("baseline", override)
+
+
+def test_missing_config_file_is_named():
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_config("nowhere.yaml")
+
+
+def test_invalid_yaml_is_reported(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)

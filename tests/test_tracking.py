@@ -1,0 +1,189 @@
+"""One real training run on a slice of genuine MNIST, and everything it must leave in MLflow."""
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import require_mnist
+from mlflow.exceptions import MlflowException
+
+from digitml import tracking
+from digitml.config import load_config
+from digitml.data import content_digest, load_mnist_dir, make_splits
+from digitml.experiment import run_training
+
+EPOCHS = 2
+ARTIFACTS = {
+    "config.yaml",
+    "confusion_matrix.png",
+    "confusion_matrix.csv",
+    "classification_report.json",
+    "classification_report.txt",
+    "training_curves.png",
+    "misclassified.png",
+    "model_summary.txt",
+}
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """(client, run, data, config) of a finished run of the callbacks recipe plus augmentation."""
+    store = tmp_path_factory.mktemp("store")
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    data = load_mnist_dir(require_mnist())
+    config = load_config(
+        "callbacks",
+        {
+            "epochs": EPOCHS,
+            "limit": 600,
+            "experiment": "logging-test",
+            "augmentation": {"rotation": 0.03, "translation": 0.1, "zoom": 0.1},
+        },
+    )
+    outcome = run_training(config, data=data, checkpoint_root=store / "checkpoints")
+    client = mlflow.MlflowClient()
+    yield client, client.get_run(outcome.run_id), data, config
+    mlflow.set_tracking_uri(None)
+
+
+def test_run_finishes(logged):
+    _, run, _, _ = logged
+    assert run.info.status == "FINISHED"
+
+
+def test_every_resolved_hyperparameter_is_a_param(logged):
+    _, run, _, _ = logged
+    params = run.data.params
+    expected = {
+        "model": "baseline",
+        "epochs": str(EPOCHS),
+        "batch_size": "64",
+        "optimizer": "adam",
+        "learning_rate": "0.001",
+        "seed": "42",
+        "dataset": "mnist",
+        "train_size": "540",
+        "val_size": "60",
+        "augmentation": "true",
+        "augmentation.rotation": "0.03",
+        "early_stopping.patience": "3",
+        "early_stopping.monitor": "val_loss",
+        "reduce_lr.factor": "0.2",
+        "reduce_lr.min_lr": "0.0001",
+    }
+    assert {key: params.get(key) for key in expected} == expected
+
+
+def test_tags_name_the_config_and_commit(logged):
+    _, run, _, _ = logged
+    assert run.data.tags["config"] == "callbacks"
+    assert len(run.data.tags["git_commit"]) == 40
+
+
+def test_config_artifact_reproduces_the_run(logged):
+    _, run, _, config = logged
+    assert tracking.read_run_config(run.info.run_id) == config.to_yaml()
+
+
+def test_per_epoch_metrics_use_the_epoch_as_step(logged):
+    client, run, _, _ = logged
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"):
+        steps = [metric.step for metric in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == list(range(EPOCHS)), key
+    assert run.data.metrics["train_seconds"] > 0
+
+
+def test_test_metrics_cover_averages_and_every_class(logged):
+    _, run, _, _ = logged
+    metrics = run.data.metrics
+    assert 0.5 < metrics["test_accuracy"] <= 1.0
+    assert metrics["test_loss"] > 0
+    for average in ("macro", "weighted"):
+        for name in ("precision", "recall", "f1"):
+            assert 0 < metrics[f"test_{name}_{average}"] <= 1
+    for digit in range(10):
+        for name in ("precision", "recall", "f1"):
+            assert f"test_{name}_{digit}" in metrics
+
+
+def test_report_artifacts_are_logged(logged):
+    client, run, _, _ = logged
+    names = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert ARTIFACTS <= names
+
+
+def test_confusion_csv_counts_the_full_test_set(logged):
+    _, run, _, _ = logged
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/confusion_matrix.csv")
+    rows = [line.split(",")[1:] for line in text.strip().splitlines()[1:]]
+    assert sum(int(value) for row in rows for value in row) == 10_000
+
+
+def test_datasets_are_inputs_with_full_content_digests(logged):
+    _, run, data, config = logged
+    inputs = {item.tags[0].value: item.dataset for item in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}
+    splits = make_splits(data, config.val_fraction, config.seed, config.limit)
+    assert inputs["test"].digest == content_digest(data.test_images, data.test_labels)
+    assert inputs["training"].digest == content_digest(splits.train_images, splits.train_labels)
+
+
+def test_keras_model_loads_and_reproduces_test_accuracy(logged):
+    _, run, data, _ = logged
+    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/keras_model")
+    predicted = np.asarray(model.predict_on_batch(data.test_images)).argmax(axis=1)
+    accuracy = float((predicted == data.test_labels).mean())
+    assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def served(logged):
+    _, run, data, _ = logged
+    return mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model"), data
+
+
+def test_pyfunc_returns_digit_confidence_and_probabilities(served):
+    model, data = served
+    images = data.test_images[:8, ..., 0]
+    result = model.predict(pd.DataFrame({"pixels": [image.tolist() for image in images]}))
+    assert list(result.columns) == ["digit", "confidence", "probabilities"]
+    probabilities = np.array(result["probabilities"].tolist())
+    assert probabilities.shape == (8, 10)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert (result["digit"].to_numpy() == probabilities.argmax(axis=1)).all()
+    assert np.allclose(result["confidence"], probabilities.max(axis=1))
+
+
+def test_pyfunc_reads_0_255_and_0_1_pixels_alike(served):
+    model, data = served
+    images = data.test_images[:4, ..., 0]
+    unit = model.predict(pd.DataFrame({"pixels": [image.tolist() for image in images]}))
+    bytes_ = model.predict(pd.DataFrame({"pixels": [(image * 255).tolist() for image in images]}))
+    assert unit["digit"].tolist() == bytes_["digit"].tolist()
+    assert np.allclose(unit["confidence"], bytes_["confidence"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "pixels, message",
+    [
+        (np.zeros((27, 28)).tolist(), "28x28"),
+        (np.full((28, 28), 300.0).tolist(), "0-255"),
+        (np.full((28, 28), np.nan).tolist(), "NaN"),
+    ],
+)
+def test_pyfunc_rejects_bad_pixels_with_a_clear_message(served, pixels, message):
+    model, _ = served
+    with pytest.raises(MlflowException, match=message):
+        model.predict(pd.DataFrame({"pixels": [pixels]}))
+
+
+def test_failure_inside_a_run_marks_it_failed(tracking_uri):
+    with pytest.raises(RuntimeError), tracking.tracked_run("status-test") as run:
+        raise RuntimeError("boom")
+    assert mlflow.get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_interrupt_inside_a_run_marks_it_killed(tracking_uri):
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run("status-test") as run:
+        raise KeyboardInterrupt
+    assert mlflow.get_run(run.info.run_id).info.status == "KILLED"
