@@ -54,7 +54,7 @@ def confusion_csv(matrix: np.ndarray) -> str:
     """Rows are true digits, columns predicted digits, with a header row and column."""
     buffer = io.StringIO()
     buffer.write("true\\predicted," + ",".join(map(str, DIGITS)) + "\n")
-    for digit, row in zip(DIGITS, matrix):
+    for digit, row in zip(DIGITS, matrix, strict=False):
         buffer.write(f"{digit}," + ",".join(map(str, row)) + "\n")
     return buffer.getvalue()
 
@@ -122,7 +122,7 @@ def misclassified_figure(
     figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
     for cell in grid.flat:
         cell.axis("off")
-    for cell, index in zip(grid.flat, wrong):
+    for cell, index in zip(grid.flat, wrong, strict=False):
         cell.imshow(images[index].squeeze(), cmap="gray")
         confidence = probabilities[index, predicted[index]]
         cell.set_title(f"{labels[index]} → {predicted[index]} ({confidence:.2f})", fontsize=8)

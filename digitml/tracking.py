@@ -16,6 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities import RunStatus
+from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.models import infer_signature
 
 from digitml import reports
@@ -34,7 +35,12 @@ def git_commit() -> str | None:
     """The commit of the checkout digitml runs from, if it is one."""
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            cwd=PACKAGE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -66,11 +72,32 @@ def tracked_run(
     nested: bool = False,
     tags: dict[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start (or re-enter) a run that always ends FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM)."""
+    """Start (or re-enter) a run that always ends FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM).
+
+    Under `mlflow run`, the launcher's run already holds the MLproject parameters as typed ('' for
+    "from the config"), and MLflow forbids changing a param: the training becomes its child run.
+    """
+    launcher_id = MLFLOW_RUN_ID.get()
+    if launcher_id and run_id is None and mlflow.active_run() is None:
+        launcher = mlflow.start_run()  # takes MLFLOW_RUN_ID and clears it for the child
+        with _ending(launcher, nested=False):
+            child = mlflow.start_run(
+                experiment_id=launcher.info.experiment_id, run_name=run_name, nested=True, tags=tags
+            )
+            with _ending(child, nested=True):
+                yield child
+        return
     mlflow.set_experiment(experiment)
     run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags)
-    try:
+    with _ending(run, nested=nested):
         yield run
+
+
+@contextmanager
+def _ending(run: mlflow.ActiveRun, nested: bool) -> Iterator[None]:
+    """End `run` (the active one) as FINISHED, KILLED on interrupt, or FAILED on any error."""
+    try:
+        yield
     except KeyboardInterrupt:
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise

@@ -157,11 +157,11 @@ def train_model(
         metrics=["accuracy"],
     )
     callbacks = training_callbacks(config) + list(extra_callbacks)
-    if not progress_bar:
-        callbacks.append(EpochLinePrinter())
     if backup_dir is not None:
         # Kept until the run is fully logged, so a kill after the last epoch loses no training.
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
+    if not progress_bar:  # last, so a printed epoch is one already logged and backed up
+        callbacks.append(EpochLinePrinter())
     started = time.perf_counter()
     history = model.fit(
         training_dataset(splits, config),

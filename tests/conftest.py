@@ -36,6 +36,7 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
     """Run `digitml ...` as a user would, returning the CompletedProcess (never raising)."""
     return subprocess.run(
         [sys.executable, "-m", "digitml.cli", *args],
+        check=False,
         cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_mnist
 
+from conftest import require_mnist
 from digitml.data import (
     DataError,
     balanced_subset,
@@ -59,7 +59,9 @@ def test_uncompressed_idx_files_load_too(mnist_copy, mnist):
 
 
 def test_keras_style_npz_is_verified_and_loads(tmp_path, mnist):
-    as_uint8 = lambda images: np.round(images[..., 0] * 255).astype(np.uint8)
+    def as_uint8(images):
+        return np.round(images[..., 0] * 255).astype(np.uint8)
+
     arrays = {
         "x_train": as_uint8(mnist.train_images),
         "y_train": mnist.train_labels.astype(np.uint8),

@@ -1,6 +1,6 @@
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from digitml.models import MODEL_NAMES, build_model
 
 

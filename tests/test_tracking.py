@@ -4,9 +4,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import require_mnist
 from mlflow.exceptions import MlflowException
 
+from conftest import require_mnist
 from digitml import tracking
 from digitml.config import load_config
 from digitml.data import content_digest, load_mnist_dir, make_splits
