@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from digitml.config import DATASETS, OPTIMIZERS, ConfigError
+from digitml.config import DATASETS, OPTIMIZERS, TUNERS, ConfigError
 
 # TensorFlow's C++ start-up chatter hides the lines users need; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -87,13 +88,14 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     overrides["data_dir"] = overrides["data_dir"] or os.environ.get("DIGITML_DATA_DIR") or None
     try:
         if resume_run_id:
-            config = resumable_config(resume_run_id, data_dir=overrides.pop("data_dir"))
+            data_dir = overrides.pop("data_dir")
             given = [name for name, value in overrides.items() if value is not None]
             if given or config_file:
                 option = (given or ["config"])[0].replace("_", "-")
                 raise click.UsageError(
                     f"--resume continues with the run's own config; drop --{option}"
                 )
+            config = resumable_config(resume_run_id, data_dir=data_dir)
         else:
             config = load_config(config_file, overrides)
     except ConfigError as error:
@@ -104,7 +106,7 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         outcome = run_training(
-            config, resume_run_id=resume_run_id, progress_bar=sys.stdout.isatty()
+            config, resume_run_id=resume_run_id, progress="bar" if sys.stdout.isatty() else "lines"
         )
     except DataError as error:
         raise click.ClickException(str(error)) from error
@@ -118,6 +120,64 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     click.echo(f"run_id: {outcome.run_id}")
     click.echo(f"test_accuracy: {outcome.metrics['test_accuracy']:.4f}")
     click.echo(f"train_seconds: {outcome.train_seconds:.1f}")
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_file",
+    default="tune",
+    type=OrUnset(click.STRING),
+    help="Search YAML or name in experiments/ (default: tune).",
+)
+@click.option("--tuner", type=OrUnset(click.Choice(TUNERS)))
+@click.option("--max-trials", type=POSITIVE_INT)
+@click.option("--epochs", type=POSITIVE_INT, help="Most epochs one trial trains.")
+@click.option("--dataset", type=OrUnset(click.Choice(DATASETS)))
+@click.option(
+    "--data-dir",
+    type=OrUnset(click.STRING),
+    help="Folder with the MNIST IDX files [env DIGITML_DATA_DIR].",
+)
+@click.option("--limit", type=OrUnset(click.IntRange(min=20)))
+@click.option("--experiment", type=OrUnset(click.STRING))
+@click.option(
+    "--register-as",
+    type=OrUnset(click.STRING),
+    help="Registered model name (default: digit-classifier).",
+)
+@click.option(
+    "--tuning-dir",
+    type=OrUnset(click.STRING),
+    help="Tuner state, for resuming (default: tuning/<experiment>).",
+)
+@click.option("--seed", type=OrUnset(click.IntRange(min=0)))
+def tune(config_file: str | None, tuning_dir: str | None, **overrides: Any) -> None:
+    """Search hyperparameters with Keras Tuner; re-run the same command to resume."""
+    from digitml.config import load_tune_config
+    from digitml.data import DataError
+    from digitml.tune import run_search
+
+    overrides["data_dir"] = overrides["data_dir"] or os.environ.get("DIGITML_DATA_DIR") or None
+    try:
+        config = load_tune_config(config_file or "tune", overrides)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        outcome = run_search(config, Path(tuning_dir or Path("tuning") / config.experiment))
+    except DataError as error:
+        raise click.ClickException(str(error)) from error
+    except KeyboardInterrupt:
+        click.echo("Interrupted; run the same command again to resume the search", err=True)
+        sys.exit(130)
+    click.echo(f"search run_id: {outcome.parent_run_id}")
+    if outcome.best_run_id:
+        click.echo(f"best_val_accuracy: {outcome.best_val_accuracy:.4f}")
+        click.echo(f"best run_id: {outcome.best_run_id}")
+        click.echo(
+            f"registered: {config.register_as} version {outcome.model_version} (alias challenger)"
+        )
 
 
 @cli.command()

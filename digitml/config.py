@@ -101,15 +101,20 @@ def load_config(
 ) -> TrainConfig:
     """Read a YAML config (default: experiments/default.yaml), apply overrides, validate."""
     path = config_path(str(path)) if path else EXPERIMENTS_DIR / DEFAULT_CONFIG
+    raw = _read_yaml(path)
+    raw.setdefault("name", Path(path).stem)
+    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return config_from_dict(raw, source=str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error.__class__.__name__})") from error
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values")
-    raw.setdefault("name", Path(path).stem)
-    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    return config_from_dict(raw, source=str(path))
+    return raw
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -183,3 +188,69 @@ def _check_type(
 def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+TUNERS = ("hyperband", "random", "bayesian")
+SEARCH_TYPES = ("int", "float", "choice", "bool")
+
+
+@dataclass
+class TuneConfig:
+    """A hyperparameter search: what to vary (search_space), how, and on which base recipe."""
+
+    name: str = "tune"
+    base_config: str = "tuned"
+    base_overrides: dict[str, Any] = field(default_factory=dict)
+    tuner: str = "hyperband"
+    max_trials: int = 10
+    epochs: int = 4
+    hyperband_factor: int = 3
+    best_epochs: int | None = None
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    limit: int | None = None
+    experiment: str = "digitml-tune"
+    register_as: str = "digit-classifier"
+    tuning_dir: str | None = None
+    seed: int = 42
+    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def load_tune_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TuneConfig:
+    """Read a search YAML, apply overrides, validate (naming the bad key or value)."""
+    path = config_path(str(path))
+    raw = _read_yaml(path)
+    raw.setdefault("name", Path(path).stem)
+    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    known = {f.name for f in dataclasses.fields(TuneConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    config = TuneConfig(**raw)
+    validate_tune(config)
+    return config
+
+
+def validate_tune(config: TuneConfig) -> None:
+    _check_choice("tuner", config.tuner, TUNERS)
+    _check_choice("dataset", config.dataset, DATASETS)
+    for key in ("max_trials", "epochs"):
+        _check_type(config, key, int, minimum=1)
+    _check_type(config, "hyperband_factor", int, minimum=2)
+    if config.best_epochs is not None:
+        _check_type(config, "best_epochs", int, minimum=1)
+    if config.limit is not None:
+        _check_type(config, "limit", int, minimum=20)
+    config_path(config.base_config)
+    if not config.search_space:
+        raise ConfigError("search_space is empty: name at least one hyperparameter")
+    for name, spec in config.search_space.items():
+        if not isinstance(spec, dict) or spec.get("type") not in SEARCH_TYPES:
+            raise ConfigError(f"search_space.{name}: needs type: one of {', '.join(SEARCH_TYPES)}")
+        needed = {"int": ("min", "max"), "float": ("min", "max"), "choice": ("values",)}
+        for key in needed.get(spec["type"], ()):
+            if key not in spec:
+                raise ConfigError(f"search_space.{name}: missing '{key}'")

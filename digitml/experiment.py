@@ -35,16 +35,16 @@ def run_training(
     data: DigitData | None = None,
     resume_run_id: str | None = None,
     checkpoint_root: Path = DEFAULT_CHECKPOINT_ROOT,
-    progress_bar: bool = False,
-    nested: bool = False,
+    progress: str = "lines",
     kind: str = "train",
 ) -> RunOutcome:
-    """Train `config` in an MLflow run (or continue `resume_run_id`); load data before the run starts."""
+    """Train `config` in an MLflow run (or continue `resume_run_id`); load data before the run starts.
+
+    Inside an active run (a search), the training run is its child.
+    """
     data = data or load_dataset(config.dataset, config.data_dir)
     splits = make_splits(data, config.val_fraction, config.seed, config.limit)
-    with tracking.tracked_run(
-        config.experiment, run_id=resume_run_id, run_name=None, nested=nested
-    ) as run:
+    with tracking.tracked_run(config.experiment, run_id=resume_run_id) as run:
         run_id = run.info.run_id
         print(f"MLflow run {run_id} in experiment '{config.experiment}'", flush=True)
         if resume_run_id is None:
@@ -56,7 +56,7 @@ def run_training(
             splits,
             [tracking.EpochMetricsLogger()],
             backup_dir=backup_dir,
-            progress_bar=progress_bar,
+            progress=progress,
         )
         tracking.log_training_summary(result.model, run_id, result.train_seconds)
         probabilities = predict_probabilities(result.model, splits.test_images)

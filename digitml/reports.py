@@ -136,3 +136,26 @@ def misclassified_figure(
 def close_figures() -> None:
     """Free matplotlib's figures once logged (long searches would otherwise pile them up)."""
     plt.close("all")
+
+
+def trials_figure(rows: list[dict]) -> Figure:
+    """Each trial's score (validation accuracy), failed trials marked, the best highlighted."""
+    figure, axes = plt.subplots(figsize=(max(6, len(rows) * 0.5), 4))
+    scores = [row["score"] if row["score"] is not None else 0.0 for row in rows]
+    best = max(scores) if scores else 0.0
+    colours = [
+        "tab:red"
+        if row["status"] != "COMPLETED"
+        else ("tab:green" if score == best else "tab:blue")
+        for row, score in zip(rows, scores, strict=True)
+    ]
+    axes.bar([row["trial_id"] for row in rows], scores, color=colours)
+    completed = [
+        score for row, score in zip(rows, scores, strict=True) if row["status"] == "COMPLETED"
+    ]
+    if completed:
+        axes.set_ylim(max(0.0, min(completed) - 0.01), 1.0)
+    axes.set(xlabel="Trial", ylabel="Best val_accuracy", title="Trials (green: best, red: failed)")
+    axes.tick_params(axis="x", rotation=90)
+    figure.tight_layout()
+    return figure

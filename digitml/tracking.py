@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import time
@@ -69,33 +70,38 @@ def tracked_run(
     experiment: str,
     run_id: str | None = None,
     run_name: str | None = None,
-    nested: bool = False,
     tags: dict[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or re-enter) a run that always ends FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM).
 
-    Under `mlflow run`, the launcher's run already holds the MLproject parameters as typed ('' for
-    "from the config"), and MLflow forbids changing a param: the training becomes its child run.
+    Inside an active run the new one is its child, in the same experiment. Under `mlflow run`, the
+    launcher's run already holds the MLproject parameters as typed ('' for "from the config") and
+    MLflow forbids changing a param, so our run becomes the launcher's child.
     """
-    launcher_id = MLFLOW_RUN_ID.get()
-    if launcher_id and run_id is None and mlflow.active_run() is None:
-        launcher = mlflow.start_run()  # takes MLFLOW_RUN_ID and clears it for the child
-        with _ending(launcher, nested=False):
-            child = mlflow.start_run(
-                experiment_id=launcher.info.experiment_id, run_name=run_name, nested=True, tags=tags
-            )
-            with _ending(child, nested=True):
-                yield child
+    if MLFLOW_RUN_ID.get() and mlflow.active_run() is None:
+        mlflow.start_run()  # the launcher: takes MLFLOW_RUN_ID and clears it for our run
+        with _ending(), tracked_run(experiment, run_id, run_name, tags) as run:
+            yield run
         return
-    mlflow.set_experiment(experiment)
-    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags)
-    with _ending(run, nested=nested):
+    parent = mlflow.active_run()
+    if parent is not None:
+        experiment_id = parent.info.experiment_id
+    else:
+        experiment_id = mlflow.set_experiment(experiment).experiment_id
+    run = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_name=run_name,
+        nested=parent is not None,
+        tags=tags,
+    )
+    with _ending():
         yield run
 
 
 @contextmanager
-def _ending(run: mlflow.ActiveRun, nested: bool) -> Iterator[None]:
-    """End `run` (the active one) as FINISHED, KILLED on interrupt, or FAILED on any error."""
+def _ending() -> Iterator[None]:
+    """End the active run as FINISHED, KILLED on interrupt, or FAILED on any error."""
     try:
         yield
     except KeyboardInterrupt:
@@ -217,3 +223,111 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
             {"pixels": [image.squeeze().tolist() for image in example_images[:2]]}
         ),
     )
+
+
+def _child_runs(parent_run_id: str, extra_filter: str = "") -> list[mlflow.entities.Run]:
+    parent = mlflow.get_run(parent_run_id)
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (
+        f" and {extra_filter}" if extra_filter else ""
+    )
+    return mlflow.search_runs(
+        [parent.info.experiment_id], filter_string=query, output_format="list"
+    )
+
+
+@contextmanager
+def search_run(config: Any, parent_file: Path) -> Iterator[mlflow.ActiveRun]:
+    """The search's parent run: the one recorded in `parent_file` if it exists, else a new one."""
+    saved = parent_file.read_text().strip() if parent_file.is_file() else None
+    if saved and _run_exists(saved):
+        with tracked_run(config.experiment, run_id=saved) as run:
+            yield run
+        return
+    with tracked_run(
+        config.experiment, run_name=f"search {config.name}", tags={"digitml.kind": "tune"}
+    ) as run:
+        parent_file.write_text(run.info.run_id)
+        settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "search_space"}
+        mlflow.log_params({**settings, "search_space": json.dumps(config.search_space)})
+        mlflow.log_text(config.to_yaml(), "tune.yaml")
+        yield run
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        return mlflow.get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+@contextmanager
+def trial_run(
+    parent_run_id: str, experiment_id: str, trial_id: str, values: dict[str, Any]
+) -> Iterator[mlflow.ActiveRun]:
+    """A trial's child run; a trial re-run after a crash re-enters its run instead of adding one."""
+    existing = _child_runs(parent_run_id, f"tags.`digitml.trial_id` = '{trial_id}'")
+    if existing:
+        run_id = existing[0].info.run_id
+    else:
+        run_id = (
+            mlflow.MlflowClient()
+            .create_run(
+                experiment_id,
+                run_name=f"trial {trial_id}",
+                tags={
+                    "mlflow.parentRunId": parent_run_id,
+                    "digitml.kind": "trial",
+                    "digitml.trial_id": trial_id,
+                },
+            )
+            .info.run_id
+        )
+    run = mlflow.start_run(run_id=run_id, nested=True)
+    with _ending():
+        mlflow.log_params({name.replace("tuner/", "tuner."): v for name, v in values.items()})
+        yield run
+
+
+def trial_seconds(parent_run_id: str) -> dict[str, float]:
+    """trial id -> training seconds, from the trials' child runs."""
+    return {
+        run.data.tags["digitml.trial_id"]: run.data.metrics.get("trial_seconds", float("nan"))
+        for run in _child_runs(parent_run_id, "tags.`digitml.kind` = 'trial'")
+    }
+
+
+def log_search_summary(trials: list[Any], parent_run_id: str) -> None:
+    """best_val_accuracy, best_* params, trials.csv and a figure comparing the trials."""
+    seconds = trial_seconds(parent_run_id)
+    rows = [
+        {
+            "trial_id": trial.trial_id,
+            **{k: v for k, v in trial.hyperparameters.values.items()},
+            "score": trial.score,
+            "status": trial.status,
+            "seconds": seconds.get(trial.trial_id),
+        }
+        for trial in sorted(trials, key=lambda trial: trial.trial_id)
+    ]
+    mlflow.log_text(pd.DataFrame(rows).to_csv(index=False), "trials.csv")
+    mlflow.log_figure(reports.trials_figure(rows), "trials.png")
+    reports.close_figures()
+    scored = [trial for trial in trials if trial.score is not None and trial.status == "COMPLETED"]
+    if scored:
+        best = max(scored, key=lambda trial: trial.score)
+        mlflow.log_metric("best_val_accuracy", best.score)
+        mlflow.log_params(
+            {
+                f"best_{k}": v
+                for k, v in best.hyperparameters.values.items()
+                if not k.startswith("tuner/")
+            }
+        )
+
+
+def finished_best_run(parent_run_id: str) -> str | None:
+    """The best configuration's finished training run under this search, if there is one."""
+    runs = _child_runs(
+        parent_run_id, "tags.`digitml.kind` = 'best' and attributes.status = 'FINISHED'"
+    )
+    return runs[0].info.run_id if runs else None

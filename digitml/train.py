@@ -143,11 +143,11 @@ def train_model(
     splits: Splits,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     backup_dir: Path | None = None,
-    progress_bar: bool = False,
+    progress: str = "lines",
 ) -> TrainResult:
     """Build, compile and fit the configured model; resumes from `backup_dir` when it holds a backup.
 
-    `progress_bar` shows Keras' bar (for terminals); otherwise one line is printed per epoch.
+    `progress`: "bar" (Keras' bar, for terminals), "lines" (one line per epoch) or "none".
     """
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.model, config.model_params)
@@ -160,7 +160,7 @@ def train_model(
     if backup_dir is not None:
         # Kept until the run is fully logged, so a kill after the last epoch loses no training.
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
-    if not progress_bar:  # last, so a printed epoch is one already logged and backed up
+    if progress == "lines":  # last, so a printed epoch is one already logged and backed up
         callbacks.append(EpochLinePrinter())
     started = time.perf_counter()
     history = model.fit(
@@ -170,7 +170,7 @@ def train_model(
         epochs=config.epochs,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles, seeded
-        verbose=1 if progress_bar else 0,
+        verbose=1 if progress == "bar" else 0,
     )
     return TrainResult(model, history.history, time.perf_counter() - started)
 

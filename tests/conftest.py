@@ -11,7 +11,11 @@ import mlflow
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MNIST_DIR = Path(os.environ.get("DIGITML_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist"))
+# Absolute, since tests change directory and pass the environment on to subprocesses.
+MNIST_DIR = Path(
+    os.environ.get("DIGITML_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist")
+).resolve()
+os.environ["DIGITML_DATA_DIR"] = str(MNIST_DIR)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -1,0 +1,236 @@
+"""Keras Tuner glue: search space from YAML, one nested MLflow run per trial, resume, best model.
+
+Keras Tuner decides *what to try* (its Oracle); digitml's own training loop (`train.train_model`)
+runs each trial, so a trial is trained, logged and checkpointed exactly like `digitml train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras_tuner as kt
+import mlflow
+import numpy as np
+from keras_tuner.src import errors as kt_errors
+
+from digitml import registry, tracking
+from digitml.config import TrainConfig, TuneConfig, config_from_dict, load_config
+from digitml.data import Splits, load_dataset, make_splits
+from digitml.experiment import run_training
+from digitml.train import train_model
+
+OBJECTIVE = "val_accuracy"
+PROJECT_NAME = "search"
+PARENT_RUN_FILE = "mlflow_parent_run_id"
+TRIALS_CSV = "trials.csv"
+
+
+def search_space(space: dict[str, dict[str, Any]]) -> kt.HyperParameters:
+    """The YAML search space as Keras Tuner hyperparameters."""
+    hp = kt.HyperParameters()
+    for name, spec in space.items():
+        kind = spec["type"]
+        if kind == "int":
+            hp.Int(
+                name,
+                spec["min"],
+                spec["max"],
+                step=spec.get("step"),
+                sampling=spec.get("sampling", "linear"),
+            )
+        elif kind == "float":
+            hp.Float(
+                name,
+                spec["min"],
+                spec["max"],
+                step=spec.get("step"),
+                sampling=spec.get("sampling", "linear"),
+            )
+        elif kind == "choice":
+            hp.Choice(name, spec["values"])
+        else:
+            hp.Boolean(name)
+    return hp
+
+
+def trial_config(base: TrainConfig, values: dict[str, Any], epochs: int) -> TrainConfig:
+    """The base recipe with a trial's values: config fields by name, `section.key` nested, the
+    rest as model_params."""
+    raw = dataclasses.asdict(base)
+    raw["epochs"] = epochs
+    raw["model_params"] = dict(raw["model_params"])
+    for name, value in values.items():
+        if name.startswith("tuner/"):
+            continue
+        section, _, key = name.partition(".")
+        if key and isinstance(raw.get(section), dict):
+            raw[section][key] = value
+        elif name in raw and name != "model_params":
+            raw[name] = value
+        else:
+            raw["model_params"][name] = value
+    return config_from_dict(raw, source="trial")
+
+
+def make_oracle(config: TuneConfig) -> kt.Oracle:
+    common = {
+        "objective": kt.Objective(OBJECTIVE, "max"),
+        "hyperparameters": search_space(config.search_space),
+        "tune_new_entries": False,
+        "seed": config.seed,
+        # A failing trial is recorded and the search goes on, however many fail in a row.
+        "max_consecutive_failed_trials": config.max_trials,
+    }
+    if config.tuner == "hyperband":
+        # Brackets repeat until max_trials is reached (Hyperband has no trial budget of its own).
+        oracle = kt.oracles.HyperbandOracle(
+            max_epochs=config.epochs,
+            factor=config.hyperband_factor,
+            hyperband_iterations=None,
+            **common,
+        )
+        oracle.max_trials = config.max_trials
+        return oracle
+    if config.tuner == "bayesian":
+        return kt.oracles.BayesianOptimizationOracle(max_trials=config.max_trials, **common)
+    return kt.oracles.RandomSearchOracle(max_trials=config.max_trials, **common)
+
+
+@dataclass
+class SearchContext:
+    tune: TuneConfig
+    base: TrainConfig
+    splits: Splits
+    parent_run_id: str
+    experiment_id: str
+    started: float
+
+
+class DigitTuner(kt.engine.base_tuner.BaseTuner):
+    """Runs each trial with digitml's training loop inside its own child MLflow run."""
+
+    def __init__(self, context: SearchContext, directory: Path, **kwargs: Any) -> None:
+        self.context = context
+        super().__init__(
+            oracle=make_oracle(context.tune),
+            hypermodel=None,
+            directory=str(directory),
+            project_name=PROJECT_NAME,
+            overwrite=False,
+            **kwargs,
+        )
+
+    def run_trial(self, trial: kt.engine.trial.Trial) -> dict[str, float]:
+        values = trial.hyperparameters.values
+        config = trial_config(
+            self.context.base, values, values.get("tuner/epochs", self.context.tune.epochs)
+        )
+        with tracking.trial_run(
+            self.context.parent_run_id, self.context.experiment_id, trial.trial_id, values
+        ):
+            try:
+                result = train_model(
+                    config,
+                    self.context.splits,
+                    [tracking.EpochMetricsLogger()],
+                    backup_dir=Path(self.get_trial_dir(trial.trial_id)) / "backup",
+                    progress="none",
+                )
+            except Exception as error:  # any training failure fails the trial, not the search
+                raise kt_errors.FailedTrialError(f"{type(error).__name__}: {error}") from error
+            score = max(result.history[OBJECTIVE])
+            if not np.isfinite(result.history["loss"][-1]) or not np.isfinite(score):
+                raise kt_errors.FailedTrialError("the loss became NaN or infinite")
+            mlflow.log_metric("trial_seconds", result.train_seconds)
+        return {OBJECTIVE: score}
+
+    def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_end(trial)
+        print(progress_line(self.oracle, trial, self.context), flush=True)
+
+    def save_model(self, trial_id: str, model: Any, step: int = 0) -> None:
+        """Trial models are not kept: the best configuration is retrained on the full split."""
+
+    def load_model(self, trial: Any) -> None:
+        raise NotImplementedError("digitml retrains the best configuration instead")
+
+
+def progress_line(oracle: kt.Oracle, trial: kt.engine.trial.Trial, context: SearchContext) -> str:
+    """`trial k/N  hp=…  score  best  elapsed  left` for one finished trial."""
+    done = sum(1 for t in oracle.trials.values() if t.status in ("COMPLETED", "FAILED", "INVALID"))
+    total = context.tune.max_trials
+    best = oracle.get_best_trials(1)
+    best_score = f"{best[0].score:.4f}" if best and best[0].score is not None else "-"
+    elapsed = time.monotonic() - context.started
+    left = elapsed / max(done, 1) * max(total - done, 0)
+    values = " ".join(
+        f"{name}={_short(value)}"
+        for name, value in trial.hyperparameters.values.items()
+        if not name.startswith("tuner/")
+    )
+    score = f"{trial.score:.4f}" if trial.score is not None else trial.status.lower()
+    return (
+        f"trial {done}/{total}  {values}  {OBJECTIVE} {score}  best {best_score}  "
+        f"elapsed {_clock(elapsed)}  left ~{_clock(left)}"
+    )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+@dataclass
+class SearchOutcome:
+    parent_run_id: str
+    best_run_id: str | None
+    best_val_accuracy: float | None
+    model_version: str | None
+
+
+def run_search(config: TuneConfig, tuning_dir: Path) -> SearchOutcome:
+    """Search, record it under one parent run, then retrain, test and register the best."""
+    base = load_config(
+        config.base_config,
+        {
+            "dataset": config.dataset,
+            "data_dir": config.data_dir,
+            "limit": config.limit,
+            "seed": config.seed,
+            "experiment": config.experiment,
+        },
+    )
+    # Applied on the resolved config, so `reduce_lr: null` switches a callback off.
+    base = config_from_dict(
+        {**dataclasses.asdict(base), **config.base_overrides}, source="base_overrides"
+    )
+    data = load_dataset(config.dataset, config.data_dir)
+    splits = make_splits(data, base.val_fraction, base.seed, base.limit)
+    tuning_dir.mkdir(parents=True, exist_ok=True)
+    with tracking.search_run(config, tuning_dir / PARENT_RUN_FILE) as parent:
+        context = SearchContext(
+            config, base, splits, parent.info.run_id, parent.info.experiment_id, time.monotonic()
+        )
+        tuner = DigitTuner(context, tuning_dir)
+        tuner.search(verbose=0)
+        trials = list(tuner.oracle.trials.values())
+        tracking.log_search_summary(trials, parent.info.run_id)
+        best = tuner.oracle.get_best_trials(1)
+        if not best:
+            return SearchOutcome(parent.info.run_id, None, None, None)
+        best_config = trial_config(
+            base, best[0].hyperparameters.values, config.best_epochs or base.epochs
+        )
+        best_run_id = tracking.finished_best_run(parent.info.run_id)
+        if best_run_id is None:
+            best_run_id = run_training(best_config, data=data, kind="best").run_id
+        version = registry.register_challenger(best_run_id, config.register_as)
+    return SearchOutcome(parent.info.run_id, best_run_id, best[0].score, version)
