@@ -83,7 +83,7 @@ def make_oracle(config: TuneConfig) -> kt.Oracle:
         "tune_new_entries": False,
         "seed": config.seed,
         # A failing trial is recorded and the search goes on, however many fail in a row.
-        "max_consecutive_failed_trials": config.max_trials,
+        "max_consecutive_failed_trials": config.max_trials + 1,
     }
     if config.tuner == "hyperband":
         # Brackets repeat until max_trials is reached (Hyperband has no trial budget of its own).
@@ -124,7 +124,7 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
             **kwargs,
         )
 
-    def run_trial(self, trial: kt.engine.trial.Trial) -> dict[str, float]:
+    def run_trial(self, trial: kt.engine.trial.Trial, **_: Any) -> dict[str, float]:
         values = trial.hyperparameters.values
         config = trial_config(
             self.context.base, values, values.get("tuner/epochs", self.context.tune.epochs)

@@ -10,7 +10,10 @@ from conftest import REPO_ROOT, all_runs, require_mnist
 
 
 def mlflow_run(
-    *params: str, cwd: Path, experiment: str | None = "mlproject-test"
+    *params: str,
+    cwd: Path,
+    experiment: str | None = "mlproject-test",
+    entry_point: str = "train",
 ) -> subprocess.CompletedProcess:
     venv_bin = str(Path(sys.executable).parent)
     command = [
@@ -18,7 +21,7 @@ def mlflow_run(
         "run",
         str(REPO_ROOT),
         "-e",
-        "train",
+        entry_point,
         "--env-manager",
         "local",
     ]
@@ -65,3 +68,23 @@ def test_mlflow_run_rejects_a_bad_int_parameter(tracking_uri, tmp_path):
     result = mlflow_run("epochs=-2", "dataset=digits", cwd=tmp_path)
     assert result.returncode != 0
     assert "--epochs" in result.stderr
+
+
+def test_mlflow_run_tune_runs_a_tiny_search(tracking_uri, tmp_path):
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        "base_config: fast\ntuner: random\nmax_trials: 2\nepochs: 1\nbest_epochs: 1\n"
+        "search_space:\n  dense_units: {type: int, min: 16, max: 64, step: 16}\n"
+    )
+    result = mlflow_run(
+        f"config={search}",
+        "dataset=digits",
+        "experiment=mlproject-test",
+        cwd=tmp_path,
+        entry_point="tune",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    kinds = sorted(
+        run.data.tags.get("digitml.kind", "launcher") for run in all_runs("mlproject-test")
+    )
+    assert kinds == ["best", "launcher", "trial", "trial", "tune"]

@@ -1,0 +1,141 @@
+"""`digitml tune` for real: Keras Tuner trials on sklearn digits, nested runs in a real store."""
+
+import io
+import signal
+import subprocess
+import sys
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import REPO_ROOT, all_runs, run_cli
+
+SMALL_SEARCH = """\
+base_config: fast
+tuner: random
+max_trials: {max_trials}
+epochs: 2
+best_epochs: 1
+dataset: digits
+experiment: tune-test
+search_space:
+  dense_units: {{type: int, min: 16, max: 128, step: 8}}
+  learning_rate: {{type: choice, values: {rates}}}
+  optimizer: {{type: choice, values: {optimizers}}}
+"""
+
+
+def write_search(tmp_path, max_trials=3, rates="[0.003, 0.01]", optimizers="[adam]"):
+    path = tmp_path / "search.yaml"
+    path.write_text(SMALL_SEARCH.format(max_trials=max_trials, rates=rates, optimizers=optimizers))
+    return path
+
+
+def runs_by_kind(kind):
+    return [run for run in all_runs("tune-test") if run.data.tags.get("digitml.kind") == kind]
+
+
+def test_search_nests_one_child_run_per_trial_and_registers_the_best(tracking_uri, tmp_path):
+    result = run_cli("tune", "--config", str(write_search(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = runs_by_kind("tune")
+    trials = runs_by_kind("trial")
+    (best,) = runs_by_kind("best")
+    assert len(trials) == 3
+    assert {run.data.tags["mlflow.parentRunId"] for run in trials + [best]} == {parent.info.run_id}
+    for trial in trials:
+        assert {"dense_units", "learning_rate"} <= set(trial.data.params)
+        history = mlflow.MlflowClient().get_metric_history(trial.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [0, 1]
+        assert {"loss", "accuracy", "val_loss", "learning_rate"} <= set(trial.data.metrics)
+    assert parent.data.params["tuner"] == "random" and parent.data.params["max_trials"] == "3"
+    best_score = max(trial.data.metrics["val_accuracy"] for trial in trials)
+    assert parent.data.metrics["best_val_accuracy"] >= best_score - 1e-9
+    assert "best_dense_units" in parent.data.params
+    assert "test_accuracy" in best.data.metrics
+    version = mlflow.MlflowClient().get_model_version_by_alias("digit-classifier", "challenger")
+    assert version.run_id == best.info.run_id
+
+
+def test_search_writes_trials_csv_and_prints_one_line_per_trial(tracking_uri, tmp_path):
+    result = run_cli("tune", "--config", str(write_search(tmp_path)), cwd=tmp_path)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("trial ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("best" in line and "left" in line for line in lines)
+    (parent,) = runs_by_kind("tune")
+    table = pd.read_csv(
+        io.StringIO(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/trials.csv"))
+    )
+    assert len(table) == 3
+    assert {"trial_id", "dense_units", "learning_rate", "score", "status", "seconds"} <= set(
+        table.columns
+    )
+    assert "trials.png" in {
+        a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)
+    }
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(tracking_uri, tmp_path):
+    # Plain SGD at a rate of 1e8 diverges to NaN: those trials must fail, the others finish.
+    search = write_search(tmp_path, max_trials=4, rates="[100000000.0, 0.01]", optimizers="[sgd]")
+    result = run_cli("tune", "--config", str(search), "--tuner", "random", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    statuses = sorted(run.info.status for run in runs_by_kind("trial"))
+    assert len(statuses) == 4
+    assert "FAILED" in statuses and "FINISHED" in statuses
+    (parent,) = runs_by_kind("tune")
+    table = pd.read_csv(
+        io.StringIO(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/trials.csv"))
+    )
+    assert (table["status"] != "COMPLETED").sum() == statuses.count("FAILED")
+
+
+def test_killed_search_resumes_without_rerunning_or_duplicating(tracking_uri, tmp_path):
+    search = write_search(tmp_path, max_trials=4)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digitml.cli", "tune", "--config", str(search)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for line in process.stdout:
+            if line.startswith("trial 2/4"):
+                process.send_signal(signal.SIGKILL)
+                break
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    finished_before = {
+        run.info.run_id for run in runs_by_kind("trial") if run.info.status == "FINISHED"
+    }
+    assert len(finished_before) == 2
+
+    result = run_cli("tune", "--config", str(search), cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(runs_by_kind("tune")) == 1
+    trials = runs_by_kind("trial")
+    assert len(trials) == 4
+    assert {run.data.tags["digitml.trial_id"] for run in trials} == {"0", "1", "2", "3"}
+    assert finished_before <= {run.info.run_id for run in trials}
+    assert [
+        line.split()[1] for line in result.stdout.splitlines() if line.startswith("trial ")
+    ] == ["3/4", "4/4"]
+
+
+def test_bad_search_space_is_a_usage_error(tracking_uri, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("search_space:\n  dense_units: {type: integer}\n")
+    result = run_cli("tune", "--config", str(path), "--dataset", "digits", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "search_space.dense_units" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["tune", "tune-reference"])
+def test_shipped_search_files_are_valid(name):
+    from digitml.config import load_tune_config
+
+    assert load_tune_config(REPO_ROOT / "experiments" / f"{name}.yaml").search_space
