@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class OrUnset(click.ParamType):
         return self.inner.get_metavar(param, ctx) if ctx else self.inner.get_metavar(param)
 
 
+DEFAULT_ORACLE = "127.0.0.1:8000"
 POSITIVE_INT = OrUnset(click.IntRange(min=1))
 POSITIVE_FLOAT = OrUnset(click.FloatRange(min=0, min_open=True))
 
@@ -152,25 +154,65 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     help="Tuner state, for resuming (default: tuning/<experiment>).",
 )
 @click.option("--seed", type=OrUnset(click.IntRange(min=0)))
-def tune(config_file: str | None, tuning_dir: str | None, **overrides: Any) -> None:
+@click.option(
+    "--role",
+    type=OrUnset(click.Choice(["chief", "worker"])),
+    help="Distributed search: the oracle (chief) or a trial runner (worker).",
+)
+@click.option(
+    "--oracle",
+    "oracle_address",
+    type=OrUnset(click.STRING),
+    help=f"HOST:PORT of the chief's oracle (default {DEFAULT_ORACLE}); no authentication.",
+)
+@click.option(
+    "--worker-id",
+    type=OrUnset(click.STRING),
+    help="Unique name of this worker (default: worker-<host>-<pid>).",
+)
+def tune(
+    config_file: str | None,
+    tuning_dir: str | None,
+    role: str | None,
+    oracle_address: str | None,
+    worker_id: str | None,
+    **overrides: Any,
+) -> None:
     """Search hyperparameters with Keras Tuner; re-run the same command to resume."""
     from digitml.config import load_tune_config
     from digitml.data import DataError
-    from digitml.tune import run_search
+    from digitml.tune import SearchEnded, run_search
 
     overrides["data_dir"] = overrides["data_dir"] or os.environ.get("DIGITML_DATA_DIR") or None
     try:
         config = load_tune_config(config_file or "tune", overrides)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
+    if not role and (oracle_address or worker_id):
+        raise click.UsageError("--oracle and --worker-id need --role chief or --role worker")
+    tuner_id = None
+    if role:
+        oracle_address = oracle_address or DEFAULT_ORACLE
+        tuner_id = "chief" if role == "chief" else worker_id or _default_worker_id()
+        _set_keras_tuner_distribution(tuner_id, oracle_address)
+    # Workers keep their own trial folders (BackupAndRestore) beside the chief's state.
+    default_dir = Path("tuning") / "-".join(
+        filter(None, [config.experiment, worker_id and tuner_id])
+    )
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        outcome = run_search(config, Path(tuning_dir or Path("tuning") / config.experiment))
+        outcome = run_search(config, Path(tuning_dir or default_dir), role, oracle_address)
     except DataError as error:
         raise click.ClickException(str(error)) from error
+    except SearchEnded as ended:
+        click.echo(f"{tuner_id}: {ended}")
+        return
     except KeyboardInterrupt:
         click.echo("Interrupted; run the same command again to resume the search", err=True)
         sys.exit(130)
+    if role == "worker":
+        click.echo(f"{tuner_id}: the search is complete")
+        return
     click.echo(f"search run_id: {outcome.parent_run_id}")
     if outcome.best_run_id:
         click.echo(f"best_val_accuracy: {outcome.best_val_accuracy:.4f}")
@@ -178,6 +220,22 @@ def tune(config_file: str | None, tuning_dir: str | None, **overrides: Any) -> N
         click.echo(
             f"registered: {config.register_as} version {outcome.model_version} (alias challenger)"
         )
+
+
+def _default_worker_id() -> str:
+    return f"worker-{socket.gethostname()}-{os.getpid()}"
+
+
+def _set_keras_tuner_distribution(tuner_id: str, oracle_address: str) -> None:
+    """Keras Tuner's distributed mode is configured through these environment variables only."""
+    host, _, port = oracle_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(
+            f"expected HOST:PORT, got {oracle_address!r}", param_hint="--oracle"
+        )
+    os.environ.update(
+        KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port
+    )
 
 
 @cli.command()

@@ -84,20 +84,27 @@ def vgg(
     dense_units: int = 128,
     dropout: float = 0.1,
     dense_dropout: float = 0.3,
+    batch_norm: bool = True,
 ) -> keras.Model:
-    """VGG-style stages of Conv+BN pairs and max-pooling, then a small Dense head."""
+    """VGG-style stages of Conv[+BN] pairs and max-pooling, then a small Dense head."""
     inputs = keras.Input(INPUT_SHAPE)
     tensor = inputs
     for filters in stage_filters:
         for _ in range(convs_per_stage):
-            tensor = _conv_bn(tensor, filters)
+            if batch_norm:
+                tensor = _conv_bn(tensor, filters)
+            else:
+                tensor = layers.Conv2D(filters, 3, padding="same", activation="relu")(tensor)
         tensor = layers.MaxPooling2D()(tensor)
         if dropout:
             tensor = layers.Dropout(dropout)(tensor)
     tensor = layers.Flatten()(tensor)
-    tensor = layers.Dense(dense_units)(tensor)
-    tensor = layers.BatchNormalization(momentum=BN_MOMENTUM)(tensor)
-    tensor = layers.Activation("relu")(tensor)
+    if batch_norm:
+        tensor = layers.Dense(dense_units)(tensor)
+        tensor = layers.BatchNormalization(momentum=BN_MOMENTUM)(tensor)
+        tensor = layers.Activation("relu")(tensor)
+    else:
+        tensor = layers.Dense(dense_units, activation="relu")(tensor)
     if dense_dropout:
         tensor = layers.Dropout(dense_dropout)(tensor)
     outputs = layers.Dense(NUM_CLASSES, activation="softmax")(tensor)

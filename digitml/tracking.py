@@ -30,6 +30,7 @@ PYFUNC_MODEL_NAME = "model"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
 CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+ORACLE_TAG = "digitml.oracle"
 
 
 def git_commit() -> str | None:
@@ -331,3 +332,21 @@ def finished_best_run(parent_run_id: str) -> str | None:
         parent_run_id, "tags.`digitml.kind` = 'best' and attributes.status = 'FINISHED'"
     )
     return runs[0].info.run_id if runs else None
+
+
+def running_search(experiment: str, oracle_address: str, wait_seconds: float) -> Any:
+    """The RUNNING search whose chief serves `oracle_address`, waiting a little for it to start."""
+    deadline = time.monotonic() + wait_seconds
+    query = f"tags.`digitml.kind` = 'tune' and tags.`{ORACLE_TAG}` = '{oracle_address}' and attributes.status = 'RUNNING'"
+    while True:
+        found = mlflow.get_experiment_by_name(experiment)
+        runs = (
+            mlflow.search_runs([found.experiment_id], filter_string=query, output_format="list")
+            if found
+            else []
+        )
+        if runs:
+            return runs[0]
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(1)

@@ -19,14 +19,16 @@ from keras_tuner.src import errors as kt_errors
 
 from digitml import registry, tracking
 from digitml.config import TrainConfig, TuneConfig, config_from_dict, load_config
-from digitml.data import Splits, load_dataset, make_splits
+from digitml.data import DigitData, Splits, load_dataset, make_splits
 from digitml.experiment import run_training
 from digitml.train import train_model
 
 OBJECTIVE = "val_accuracy"
 PROJECT_NAME = "search"
 PARENT_RUN_FILE = "mlflow_parent_run_id"
-TRIALS_CSV = "trials.csv"
+ENDED_STATUSES = ("COMPLETED", "FAILED", "INVALID")
+CHIEF_TIMEOUT_SECONDS = 20
+WORKER_WAIT_SECONDS = 15
 
 
 def search_space(space: dict[str, dict[str, Any]]) -> kt.HyperParameters:
@@ -108,6 +110,11 @@ class SearchContext:
     parent_run_id: str
     experiment_id: str
     started: float
+    oracle_address: str | None = None  # set on workers of a distributed search
+
+
+class SearchEnded(RuntimeError):
+    """A worker found no running search (it ended, or the chief is gone): a clean exit."""
 
 
 class DigitTuner(kt.engine.base_tuner.BaseTuner):
@@ -148,9 +155,28 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
             mlflow.log_metric("trial_seconds", result.train_seconds)
         return {OBJECTIVE: score}
 
+    def pre_create_trial(self) -> None:
+        """On a worker, stop cleanly when the chief is gone instead of waiting an hour in gRPC."""
+        address = self.context.oracle_address
+        if address and not chief_reachable(address):
+            raise SearchEnded(f"the chief at {address} is gone: the search has ended")
+
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
         print(progress_line(self.oracle, trial, self.context), flush=True)
+
+
+def chief_reachable(address: str, timeout: float = CHIEF_TIMEOUT_SECONDS) -> bool:
+    import grpc
+
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
 
     def save_model(self, trial_id: str, model: Any, step: int = 0) -> None:
         """Trial models are not kept: the best configuration is retrained on the full split."""
@@ -160,13 +186,22 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
 
 
 def progress_line(oracle: kt.Oracle, trial: kt.engine.trial.Trial, context: SearchContext) -> str:
-    """`trial k/N  hp=…  score  best  elapsed  left` for one finished trial."""
-    done = sum(1 for t in oracle.trials.values() if t.status in ("COMPLETED", "FAILED", "INVALID"))
+    """`trial k/N  hp=…  score  best  elapsed  left` for one finished trial.
+
+    A worker sees the search only through the chief: it asks for the trial's score by id
+    and prints its own trials' ids instead of the overall count.
+    """
     total = context.tune.max_trials
     best = oracle.get_best_trials(1)
     best_score = f"{best[0].score:.4f}" if best and best[0].score is not None else "-"
     elapsed = time.monotonic() - context.started
-    left = elapsed / max(done, 1) * max(total - done, 0)
+    if context.oracle_address:
+        counter, left = f"trial {trial.trial_id} of {total}", ""
+    else:
+        done = sum(1 for t in oracle.trials.values() if t.status in ENDED_STATUSES)
+        remaining = elapsed / max(done, 1) * max(total - done, 0)
+        counter, left = f"trial {done}/{total}", f"  left ~{_clock(remaining)}"
+    trial = oracle.get_trial(trial.trial_id)
     values = " ".join(
         f"{name}={_short(value)}"
         for name, value in trial.hyperparameters.values.items()
@@ -174,8 +209,8 @@ def progress_line(oracle: kt.Oracle, trial: kt.engine.trial.Trial, context: Sear
     )
     score = f"{trial.score:.4f}" if trial.score is not None else trial.status.lower()
     return (
-        f"trial {done}/{total}  {values}  {OBJECTIVE} {score}  best {best_score}  "
-        f"elapsed {_clock(elapsed)}  left ~{_clock(left)}"
+        f"{counter}  {values}  {OBJECTIVE} {score}  best {best_score}  "
+        f"elapsed {_clock(elapsed)}{left}"
     )
 
 
@@ -196,26 +231,25 @@ class SearchOutcome:
     model_version: str | None
 
 
-def run_search(config: TuneConfig, tuning_dir: Path) -> SearchOutcome:
-    """Search, record it under one parent run, then retrain, test and register the best."""
-    base = load_config(
-        config.base_config,
-        {
-            "dataset": config.dataset,
-            "data_dir": config.data_dir,
-            "limit": config.limit,
-            "seed": config.seed,
-            "experiment": config.experiment,
-        },
-    )
-    # Applied on the resolved config, so `reduce_lr: null` switches a callback off.
-    base = config_from_dict(
-        {**dataclasses.asdict(base), **config.base_overrides}, source="base_overrides"
-    )
-    data = load_dataset(config.dataset, config.data_dir)
-    splits = make_splits(data, base.val_fraction, base.seed, base.limit)
+def run_search(
+    config: TuneConfig, tuning_dir: Path, role: str | None = None, oracle_address: str | None = None
+) -> SearchOutcome:
+    """Search, record it under one parent run, then retrain, test and register the best.
+
+    `role` is None for a search on one machine, "chief" for the oracle of a distributed search
+    (it records and finishes the search) or "worker" (it only runs trials; see `run_worker`).
+    """
+    base, data, splits = _prepare(config)
+    if role == "worker":
+        return run_worker(config, base, splits, tuning_dir, oracle_address)
     tuning_dir.mkdir(parents=True, exist_ok=True)
     with tracking.search_run(config, tuning_dir / PARENT_RUN_FILE) as parent:
+        if role == "chief":
+            mlflow.set_tag(tracking.ORACLE_TAG, oracle_address)
+            print(
+                f"oracle listening on {oracle_address}; start workers with --role worker",
+                flush=True,
+            )
         context = SearchContext(
             config, base, splits, parent.info.run_id, parent.info.experiment_id, time.monotonic()
         )
@@ -234,3 +268,52 @@ def run_search(config: TuneConfig, tuning_dir: Path) -> SearchOutcome:
             best_run_id = run_training(best_config, data=data, kind="best").run_id
         version = registry.register_challenger(best_run_id, config.register_as)
     return SearchOutcome(parent.info.run_id, best_run_id, best[0].score, version)
+
+
+def _prepare(config: TuneConfig) -> tuple[TrainConfig, DigitData, Splits]:
+    """The base recipe with the search's settings, its data and the seeded splits."""
+    base = load_config(
+        config.base_config,
+        {
+            "dataset": config.dataset,
+            "data_dir": config.data_dir,
+            "limit": config.limit,
+            "seed": config.seed,
+            "experiment": config.experiment,
+        },
+    )
+    # Applied on the resolved config, so `reduce_lr: null` switches a callback off.
+    base = config_from_dict(
+        {**dataclasses.asdict(base), **config.base_overrides}, source="base_overrides"
+    )
+    data = load_dataset(config.dataset, config.data_dir)
+    return base, data, make_splits(data, base.val_fraction, base.seed, base.limit)
+
+
+def run_worker(
+    config: TuneConfig, base: TrainConfig, splits: Splits, tuning_dir: Path, oracle_address: str
+) -> SearchOutcome:
+    """Run trials handed out by the chief until it says stop; raise SearchEnded if there is none."""
+    parent = tracking.running_search(config.experiment, oracle_address, WORKER_WAIT_SECONDS)
+    if parent is None or not chief_reachable(oracle_address):
+        raise SearchEnded(
+            f"no search is running at {oracle_address} (experiment '{config.experiment}')"
+        )
+    context = SearchContext(
+        config,
+        base,
+        splits,
+        parent.info.run_id,
+        parent.info.experiment_id,
+        time.monotonic(),
+        oracle_address,
+    )
+    tuning_dir.mkdir(parents=True, exist_ok=True)
+    tuner = DigitTuner(context, tuning_dir)
+    import grpc
+
+    try:
+        tuner.search(verbose=0)
+    except grpc.RpcError as error:
+        raise SearchEnded(f"lost the chief at {oracle_address}: the search has ended") from error
+    return SearchOutcome(parent.info.run_id, None, None, None)

@@ -1,0 +1,125 @@
+"""A distributed search for real: `mlflow server` on loopback, one chief, two workers, processes."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+SEARCH = """\
+base_config: fast
+tuner: random
+max_trials: 4
+epochs: 1
+best_epochs: 1
+dataset: digits
+experiment: distributed-test
+search_space:
+  dense_units: {type: int, min: 16, max: 128, step: 8}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(tmp_path, monkeypatch):
+    """`mlflow server` with a SQLite backend and served artifacts, on a free loopback port."""
+    port = free_port()
+    venv_bin = str(Path(sys.executable).parent)
+    server = subprocess.Popen(
+        [
+            shutil.which("mlflow", path=venv_bin) or "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+    mlflow.set_tracking_uri(None)
+
+
+def start_tune(cwd, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitml.cli", "tune", "--config", "search.yaml", *args],
+        cwd=cwd,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_chief_and_two_workers_share_one_search(tracking_server, tmp_path):
+    (tmp_path / "search.yaml").write_text(SEARCH)
+    oracle = f"127.0.0.1:{free_port()}"
+    chief = start_tune(tmp_path, "--role", "chief", "--oracle", oracle)
+    workers = [
+        start_tune(tmp_path, "--role", "worker", "--oracle", oracle, "--worker-id", f"w{n}")
+        for n in (1, 2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=600) for process in [chief, *workers]]
+    finally:
+        for process in [chief, *workers]:
+            process.kill()
+    assert [process.returncode for process in [chief, *workers]] == [0, 0, 0], [
+        err[-2000:] for _, err in outputs
+    ]
+    for out, _ in outputs[1:]:
+        assert "the search is complete" in out
+
+    experiment = mlflow.get_experiment_by_name("distributed-test")
+    runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    (parent,) = [run for run in runs if run.data.tags.get("digitml.kind") == "tune"]
+    trials = [run for run in runs if run.data.tags.get("digitml.kind") == "trial"]
+    assert sorted(run.data.tags["digitml.trial_id"] for run in trials) == ["0", "1", "2", "3"]
+    assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {parent.info.run_id}
+    assert all(run.info.status == "FINISHED" for run in trials)
+    assert parent.info.status == "FINISHED" and "best_val_accuracy" in parent.data.metrics
+    worker_trials = sum(out.count(" of 4  ") for out, _ in outputs[1:])
+    assert worker_trials == 4
+
+    late = start_tune(tmp_path, "--role", "worker", "--oracle", oracle, "--worker-id", "late")
+    out, err = late.communicate(timeout=120)
+    assert late.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1].startswith("late: no search is running")
+
+
+def test_oracle_address_must_be_host_and_port(tmp_path):
+    (tmp_path / "search.yaml").write_text(SEARCH)
+    process = start_tune(tmp_path, "--role", "chief", "--oracle", "localhost")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and "--oracle" in err and "Traceback" not in err
