@@ -55,3 +55,29 @@ def all_runs(experiment: str = "digitml"):
     if found is None:
         return []
     return mlflow.search_runs([found.experiment_id], output_format="list")
+
+
+@pytest.fixture(scope="session")
+def mnist_model(tmp_path_factory):
+    """One real model trained on 20,000 MNIST images (fast recipe), logged in its own store.
+
+    Yields (tracking_uri, run_id, local path of the pyfunc `model`).
+    """
+    from digitml.config import load_config
+    from digitml.experiment import run_training
+
+    store = tmp_path_factory.mktemp("model-store")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    previous_dir = os.getcwd()
+    os.chdir(store)  # artifacts go to ./mlruns beside the database
+    mlflow.set_tracking_uri(uri)
+    try:
+        config = load_config(
+            "fast", {"limit": 20_000, "data_dir": str(require_mnist()), "experiment": "model"}
+        )
+        run_id = run_training(config, checkpoint_root=store / "checkpoints").run_id
+        model_path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.chdir(previous_dir)
+    return uri, run_id, model_path
