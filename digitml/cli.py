@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -236,6 +237,128 @@ def _set_keras_tuner_distribution(tuner_id: str, oracle_address: str) -> None:
     os.environ.update(
         KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port
     )
+
+
+@cli.command()
+@click.option(
+    "--model-uri", required=True, help="runs:/RUN_ID/model, models:/NAME@ALIAS or models:/NAME/N."
+)
+@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
+@click.option(
+    "--data-dir",
+    type=OrUnset(click.STRING),
+    help="Folder with the MNIST IDX files [env DIGITML_DATA_DIR].",
+)
+@click.option("--experiment", default="digitml", show_default=True)
+def evaluate(model_uri: str, dataset: str, data_dir: str | None, experiment: str) -> None:
+    """Score a logged or registered model on the full test set, as a new MLflow run."""
+    from digitml.evaluate import evaluate_model
+
+    data_dir = data_dir or os.environ.get("DIGITML_DATA_DIR") or None
+    with _user_errors():
+        evaluation = evaluate_model(model_uri, dataset, data_dir, experiment)
+    metrics = evaluation.metrics
+    click.echo(f"model:          {model_uri}")
+    click.echo(f"evaluation run: {evaluation.run_id}")
+    for key in ("test_accuracy", "test_loss", "test_f1_macro", "test_f1_weighted"):
+        click.echo(f"{key + ':':<16}{metrics[key]:.4f}")
+    click.echo(
+        "recall per digit: "
+        + "  ".join(f"{d}:{metrics[f'test_recall_{d}']:.3f}" for d in range(10))
+    )
+
+
+@cli.command()
+@click.option(
+    "--model-uri", required=True, help="The candidate: runs:/RUN_ID/model or models:/NAME/N."
+)
+@click.option(
+    "--name", default="digit-classifier", show_default=True, help="Registered model name."
+)
+@click.option("--alias", default="champion", show_default=True)
+@click.option(
+    "--min-delta",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Accuracy margin the candidate must add.",
+)
+@click.option("--force", is_flag=True, help="Move the alias whatever the comparison says.")
+@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
+@click.option(
+    "--data-dir",
+    type=OrUnset(click.STRING),
+    help="Folder with the MNIST IDX files [env DIGITML_DATA_DIR].",
+)
+@click.option("--experiment", default="digitml", show_default=True)
+def promote(model_uri: str, data_dir: str | None, **options: Any) -> None:
+    """Register a candidate and move the alias to it only if it is at least as accurate."""
+    from digitml.registry import promote as promote_candidate
+
+    data_dir = data_dir or os.environ.get("DIGITML_DATA_DIR") or None
+    with _user_errors():
+        decision = promote_candidate(model_uri, data_dir=data_dir, **options)
+    click.echo(decision.message)
+
+
+@cli.command()
+@click.option(
+    "--model-uri", required=True, help="runs:/RUN_ID/model, models:/NAME@ALIAS or models:/NAME/N."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line instead of a table."
+)
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def predict(model_uri: str, as_json: bool, images: tuple[str, ...]) -> None:
+    """Classify image files: prints `file  digit  confidence` per file."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    with _user_errors():
+        model = mlflow.pyfunc.load_model(model_uri)
+    failures = 0
+    for path in images:
+        try:
+            data = Path(path).read_bytes()
+            prediction = model.predict(pd.DataFrame({"image": [data]})).iloc[0]
+        except (OSError, mlflow.exceptions.MlflowException) as error:
+            failures += 1
+            message = getattr(error, "message", None) or error.strerror or str(error)
+            click.echo(f"{path}: {message.replace('row 0: image: ', '')}", err=True)
+            continue
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "file": path,
+                        "digit": int(prediction["digit"]),
+                        "confidence": float(prediction["confidence"]),
+                        "probabilities": list(prediction["probabilities"]),
+                    }
+                )
+            )
+        else:
+            click.echo(f"{path}  {int(prediction['digit'])}  {float(prediction['confidence']):.4f}")
+    if failures:
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Turn the errors a user can cause (bad URI, bad data) into one line and exit code 1."""
+    import mlflow
+
+    from digitml.data import DataError
+    from digitml.registry import RegistryError
+
+    try:
+        yield
+    except (DataError, RegistryError) as error:
+        raise click.ClickException(str(error)) from error
+    except mlflow.exceptions.MlflowException as error:
+        raise click.ClickException(error.message.splitlines()[0]) from error
 
 
 @cli.command()

@@ -60,7 +60,7 @@ def run_training(
         )
         tracking.log_training_summary(result.model, run_id, result.train_seconds)
         probabilities = predict_probabilities(result.model, splits.test_images)
-        metrics = tracking.log_test_results(splits, probabilities)
+        metrics = tracking.log_test_results(splits.test_images, splits.test_labels, probabilities)
         with tempfile.TemporaryDirectory() as work_dir:
             tracking.log_models(result.model, splits.test_images[:EXAMPLE_IMAGES], Path(work_dir))
         shutil.rmtree(backup_dir, ignore_errors=True)

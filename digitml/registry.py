@@ -1,25 +1,194 @@
-"""Model registry: register a run's pyfunc model and point aliases at versions."""
+"""Model registry: register runs' models, and move aliases (champion, challenger) on evidence."""
 
 from __future__ import annotations
 
-import mlflow
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+
+from digitml.evaluate import evaluate_model
 from digitml.tracking import PYFUNC_MODEL_NAME
 
 CHALLENGER = "challenger"
+CHAMPION = "champion"
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+_RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
+
+
+class RegistryError(ValueError):
+    """A model URI or registry state that promotion cannot work with; the message says why."""
+
+
+def register_run_model(
+    run_id: str, name: str, artifact_path: str = PYFUNC_MODEL_NAME
+) -> ModelVersion:
+    """The version of `name` holding this run's model, registering it on first use."""
+    client = mlflow.MlflowClient()
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.run_id == run_id and _model_name(version) == artifact_path:
+            return version
+    registered = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name)
+    return client.get_model_version(name, registered.version)
+
+
+def _model_name(version: ModelVersion) -> str:
+    """The logged model's name (`model`, `keras_model`) behind a registered version."""
+    model_id = getattr(version, "model_id", None)
+    if not model_id and version.source.startswith("models:/m-"):  # MLflow 3 logged-model source
+        model_id = version.source.removeprefix("models:/")
+    if model_id:
+        return mlflow.get_logged_model(model_id).name
+    return version.source.rstrip("/").rsplit("/", 1)[-1]
 
 
 def register_challenger(run_id: str, name: str) -> str:
     """Register the run's `model` as a version of `name` (once) and alias it `challenger`."""
+    version = register_run_model(run_id, name)
+    mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, version.version)
+    return str(version.version)
+
+
+def candidate_version(model_uri: str, name: str) -> ModelVersion:
+    """Resolve runs:/…, models:/name/N or models:/name@alias to a version of `name`."""
     client = mlflow.MlflowClient()
-    existing = [
-        version
-        for version in client.search_model_versions(f"name = '{name}'")
-        if version.run_id == run_id
-    ]
-    if existing:
-        version = existing[0].version
-    else:
-        version = mlflow.register_model(f"runs:/{run_id}/{PYFUNC_MODEL_NAME}", name).version
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    return str(version)
+    if match := _RUN_URI.match(model_uri):
+        return register_run_model(match["run_id"], name, match["path"])
+    if match := _VERSION_URI.match(model_uri):
+        if match["name"] != name:
+            raise RegistryError(
+                f"{model_uri} is not a version of '{name}' (use --name {match['name']})"
+            )
+        try:
+            if match["alias"]:
+                return client.get_model_version_by_alias(name, match["alias"])
+            return client.get_model_version(name, match["version"])
+        except mlflow.exceptions.MlflowException as error:
+            raise RegistryError(f"{model_uri} does not exist") from error
+    raise RegistryError(
+        f"cannot promote {model_uri}: use runs:/RUN_ID/model or models:/{name}/N or @alias"
+    )
+
+
+def alias_holder(name: str, alias: str) -> ModelVersion | None:
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+@dataclass
+class PromotionDecision:
+    promoted: bool
+    candidate_version: str
+    candidate_accuracy: float | None
+    holder_version: str | None
+    holder_accuracy: float | None
+    message: str
+
+    def __post_init__(self) -> None:  # the registry hands out int or str versions
+        self.candidate_version = str(self.candidate_version)
+        self.holder_version = None if self.holder_version is None else str(self.holder_version)
+
+
+def promote(
+    model_uri: str,
+    name: str = "digit-classifier",
+    alias: str = CHAMPION,
+    min_delta: float = 0.0,
+    force: bool = False,
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    experiment: str = "digitml",
+) -> PromotionDecision:
+    """Move `alias` to the candidate only if its test accuracy >= the holder's + min_delta (or force).
+
+    Both are evaluated on the same test set; the decision is recorded as tags on the candidate.
+    """
+    candidate = candidate_version(model_uri, name)
+    holder = alias_holder(name, alias)
+    if holder is not None and holder.version == candidate.version:
+        return PromotionDecision(
+            False,
+            candidate.version,
+            None,
+            holder.version,
+            None,
+            f"version {candidate.version} already is '{alias}': nothing changed",
+        )
+
+    if not force and holder is not None and _already_rejected(candidate, holder, alias, min_delta):
+        return PromotionDecision(
+            False,
+            candidate.version,
+            float(candidate.tags["candidate_test_accuracy"]),
+            holder.version,
+            float(candidate.tags["champion_test_accuracy"]),
+            f"version {candidate.version} was already rejected against version {holder.version} "
+            f"on {candidate.tags['promotion_date']}: nothing changed",
+        )
+
+    def accuracy(version: ModelVersion) -> float:
+        uri = f"models:/{name}/{version.version}"
+        return evaluate_model(uri, dataset, data_dir, experiment).metrics["test_accuracy"]
+
+    candidate_accuracy = accuracy(candidate)
+    holder_accuracy = accuracy(holder) if holder is not None else None
+    promoted = force or holder_accuracy is None or candidate_accuracy >= holder_accuracy + min_delta
+    message = _decision_message(
+        alias, candidate, candidate_accuracy, holder, holder_accuracy, promoted, force
+    )
+    client = mlflow.MlflowClient()
+    tags = {
+        "promotion_decision": "promoted" if promoted else "rejected",
+        "promotion_alias": alias,
+        "candidate_test_accuracy": f"{candidate_accuracy:.6f}",
+        "champion_test_accuracy": "" if holder_accuracy is None else f"{holder_accuracy:.6f}",
+        "champion_version": "" if holder is None else str(holder.version),
+        "promotion_min_delta": str(min_delta),
+        "promotion_forced": str(force).lower(),
+        "promotion_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, candidate.version, key, value)
+    if promoted:
+        client.set_registered_model_alias(name, alias, candidate.version)
+    return PromotionDecision(
+        promoted,
+        candidate.version,
+        candidate_accuracy,
+        None if holder is None else holder.version,
+        holder_accuracy,
+        message,
+    )
+
+
+def _already_rejected(
+    candidate: ModelVersion, holder: ModelVersion, alias: str, min_delta: float
+) -> bool:
+    tags = candidate.tags
+    return (
+        tags.get("promotion_decision") == "rejected"
+        and tags.get("promotion_alias") == alias
+        and tags.get("champion_version") == str(holder.version)
+        and tags.get("promotion_min_delta") == str(min_delta)
+    )
+
+
+def _decision_message(
+    alias, candidate, candidate_accuracy, holder, holder_accuracy, promoted, force
+) -> str:
+    if holder is None:
+        return f"version {candidate.version} ({candidate_accuracy:.2%}) is the first '{alias}'"
+    delta = (candidate_accuracy - holder_accuracy) * 100
+    comparison = (
+        f"version {candidate.version} {candidate_accuracy:.2%} vs '{alias}' version {holder.version} "
+        f"{holder_accuracy:.2%} ({delta:+.2f} points)"
+    )
+    if promoted:
+        return f"{comparison}: '{alias}' moves to version {candidate.version}" + (
+            " (forced)" if force else ""
+        )
+    return f"{comparison}: version {holder.version} stays '{alias}'"

@@ -139,14 +139,21 @@ def log_datasets(splits: Splits) -> None:
         "validation": (splits.val_images, splits.val_labels),
         "test": (splits.test_images, splits.test_labels),
     }
+    log_dataset_parts(splits.data.name, splits.data.source, parts)
+
+
+def log_dataset_parts(
+    name: str, source: str, parts: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """Each (images, labels) part as a run input named `<name>-<context>`."""
     for context, (images, labels) in parts.items():
         with warnings.catch_warnings():  # MLflow warns that a plain source string is ambiguous
             warnings.simplefilter("ignore")
             dataset = mlflow.data.from_numpy(
                 images,
                 targets=labels,
-                source=splits.data.source,
-                name=f"{splits.data.name}-{context}",
+                source=source,
+                name=f"{name}-{context}",
                 digest=content_digest(images, labels),
             )
         mlflow.log_input(dataset, context=context)
@@ -167,9 +174,10 @@ class EpochMetricsLogger(keras.callbacks.Callback):
         mlflow.log_metrics(values, step=epoch)
 
 
-def log_test_results(splits: Splits, probabilities: np.ndarray) -> dict[str, float]:
+def log_test_results(
+    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
+) -> dict[str, float]:
     """Test metrics plus the confusion matrix, classification report and misclassified grid."""
-    labels = splits.test_labels
     predicted = probabilities.argmax(axis=1)
     metrics = reports.test_metrics(labels, probabilities)
     mlflow.log_metrics(metrics)
@@ -180,7 +188,7 @@ def log_test_results(splits: Splits, probabilities: np.ndarray) -> dict[str, flo
     mlflow.log_text(report_text, "classification_report.txt")
     mlflow.log_text(json.dumps(report_dict, indent=2), "classification_report.json")
     mlflow.log_figure(
-        reports.misclassified_figure(splits.test_images, labels, probabilities), "misclassified.png"
+        reports.misclassified_figure(images, labels, probabilities), "misclassified.png"
     )
     reports.close_figures()
     return metrics
@@ -349,3 +357,17 @@ def running_search(experiment: str, oracle_address: str, wait_seconds: float) ->
         if time.monotonic() > deadline:
             return None
         time.sleep(1)
+
+
+def log_static_evaluation(labels: np.ndarray, predicted: np.ndarray) -> None:
+    """MLflow's own classifier evaluation of fixed predictions (its metrics beside ours)."""
+    frame = pd.DataFrame({"label": labels, "prediction": predicted})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.models.evaluate(
+            data=frame,
+            targets="label",
+            predictions="prediction",
+            model_type="classifier",
+            evaluator_config={"log_model_explainability": False},
+        )
