@@ -1,0 +1,63 @@
+"""`digitml predict` on image files, as a user runs it."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import require_mnist, run_cli
+from digitml.data import load_mnist_dir
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A drawn seven (dark on white, large canvas), a photo-ish JPEG two, and two bad files."""
+    folder = tmp_path_factory.mktemp("images")
+    data = load_mnist_dir(require_mnist())
+    for index, name in ((0, "seven.png"), (1, "two.jpg")):
+        digit = np.round(data.test_images[index, ..., 0] * 255).astype(np.uint8)
+        page = Image.new("L", (400, 300), 255)
+        page.paste(Image.fromarray(255 - digit).resize((224, 224)), (90, 40))
+        page.convert("RGB").save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    Image.new("L", (64, 64), 255).save(folder / "blank.png")
+    return folder
+
+
+def test_predict_prints_file_digit_confidence(mnist_model, files):
+    _, _, model_path = mnist_model
+    result = run_cli("predict", "--model-uri", model_path, "seven.png", "two.jpg", cwd=files)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.strip().splitlines()]
+    assert [(row[0], row[1]) for row in rows] == [("seven.png", "7"), ("two.jpg", "2")]
+    assert all(0.5 < float(row[2]) <= 1.0 for row in rows)
+
+
+def test_predict_json_has_probabilities(mnist_model, files):
+    _, _, model_path = mnist_model
+    result = run_cli("predict", "--model-uri", model_path, "--json", "seven.png", cwd=files)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["file"] == "seven.png" and record["digit"] == 7
+    assert len(record["probabilities"]) == 10
+
+
+def test_unreadable_files_get_the_servers_messages_and_a_non_zero_exit(mnist_model, files):
+    _, _, model_path = mnist_model
+    result = run_cli(
+        "predict",
+        "--model-uri",
+        model_path,
+        "seven.png",
+        "notes.txt",
+        "blank.png",
+        "missing.png",
+        cwd=files,
+    )
+    assert result.returncode == 1
+    assert result.stdout.split()[:2] == ["seven.png", "7"]
+    errors = result.stderr.strip().splitlines()[-3:]
+    assert errors[0].startswith("notes.txt: not a readable image")
+    assert errors[1].startswith("blank.png: the image is blank")
+    assert errors[2].startswith("missing.png: No such file")
+    assert "Traceback" not in result.stderr
