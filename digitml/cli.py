@@ -362,6 +362,46 @@ def _user_errors():
 
 
 @cli.command()
+@click.option(
+    "--model-uri", help="Model to load in-process (default models:/digit-classifier@champion)."
+)
+@click.option("--endpoint", help="A running `mlflow models serve` invocations URL to ask instead.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the page listens on.")
+def app(model_uri: str | None, endpoint: str | None, port: int, host: str) -> None:
+    """Start the upload page (Streamlit; install the `app` extra)."""
+    import importlib.util
+    import subprocess
+
+    if model_uri and endpoint:
+        raise click.UsageError("give --model-uri or --endpoint, not both")
+    if importlib.util.find_spec("streamlit") is None:
+        raise click.ClickException('Streamlit is not installed: pip install -e ".[app]"')
+    page = Path(__file__).with_name("app.py")
+    env = {
+        **os.environ,
+        "DIGITML_APP_MODEL_URI": model_uri or "",
+        "DIGITML_APP_ENDPOINT": endpoint or "",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(page),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    sys.exit(subprocess.call(command, env=env))
+
+
+@cli.command()
 def models() -> None:
     """List the architectures with their parameter counts."""
     from digitml.models import parameter_counts

@@ -254,3 +254,24 @@ def validate_tune(config: TuneConfig) -> None:
         for key in needed.get(spec["type"], ()):
             if key not in spec:
                 raise ConfigError(f"search_space.{name}: missing '{key}'")
+
+
+DEFAULT_APP_MODEL_URI = "models:/digit-classifier@champion"
+
+
+@dataclass
+class AppSettings:
+    """What the upload app talks to: a model URI (loaded in-process) or a REST endpoint."""
+
+    model_uri: str = DEFAULT_APP_MODEL_URI
+    endpoint: str | None = None
+
+    @classmethod
+    def from_env(cls) -> AppSettings:
+        """`digitml app` passes its options to the Streamlit process through the environment."""
+        import os
+
+        return cls(
+            model_uri=os.environ.get("DIGITML_APP_MODEL_URI") or DEFAULT_APP_MODEL_URI,
+            endpoint=os.environ.get("DIGITML_APP_ENDPOINT") or None,
+        )

@@ -81,3 +81,18 @@ def mnist_model(tmp_path_factory):
         mlflow.set_tracking_uri(None)
         os.chdir(previous_dir)
     return uri, run_id, model_path
+
+
+@pytest.fixture(scope="session")
+def registered_model(mnist_model):
+    """The session model registered as `digit-classifier`, alias `champion`; yields tracking URI."""
+    uri, run_id, _ = mnist_model
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if not client.search_model_versions("name = 'digit-classifier'"):
+        mlflow.set_tracking_uri(uri)
+        try:
+            version = mlflow.register_model(f"runs:/{run_id}/model", "digit-classifier").version
+        finally:
+            mlflow.set_tracking_uri(None)
+        client.set_registered_model_alias("digit-classifier", "champion", version)
+    return uri
