@@ -163,7 +163,7 @@ def show_result(name: str, image: bytes, predict) -> None:
     except (ImageInputError, PredictionError) as error:
         st.error(str(error))
         return
-    original, model_view, verdict, chart = st.columns([2, 2, 1, 3])
+    original, model_view, verdict, chart = st.columns([2, 2, 1.5, 3])
     original.image(image, caption="what you sent", width=200)
     enlarged = Image.fromarray((seen * 255).astype(np.uint8)).resize(
         (196, 196), Image.Resampling.NEAREST
