@@ -114,6 +114,7 @@ def strided_net(
     conv2_filters: int = 48,
     dense_units: int = 256,
     dense_batch_norm: bool = True,
+    dense_dropout: float = 0.0,
 ) -> keras.Model:
     """Fast CPU net: strided Conv (28->14), valid Conv3 + MaxPool (->6), Dense [+BN], softmax."""
     model = keras.Sequential([keras.Input(INPUT_SHAPE)], name="strided_net")
@@ -127,6 +128,8 @@ def strided_net(
     if dense_batch_norm:
         model.add(layers.BatchNormalization(momentum=BN_MOMENTUM))
         model.add(layers.Activation("relu"))
+    if dense_dropout:
+        model.add(layers.Dropout(dense_dropout))
     model.add(layers.Dense(NUM_CLASSES, activation="softmax"))
     return model
 
