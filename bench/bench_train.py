@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 DEFAULT_CONFIGS = ["fast", "baseline", "default"]
 
@@ -53,6 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("DIGITML_DATA_DIR"):
         sys.exit("set DIGITML_DATA_DIR to the folder with the MNIST IDX files")
+    # The runs work in a temporary folder: a relative path would not be found from there.
+    os.environ["DIGITML_DATA_DIR"] = str(Path(os.environ["DIGITML_DATA_DIR"]).resolve())
     print(
         "| config | runs | train seconds (median) | test accuracy (median) | all runs (s / acc) |"
     )

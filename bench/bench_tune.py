@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import mlflow
 
@@ -24,6 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("DIGITML_DATA_DIR"):
         sys.exit("set DIGITML_DATA_DIR to the folder with the MNIST IDX files")
+    # The runs work in a temporary folder: a relative path would not be found from there.
+    os.environ["DIGITML_DATA_DIR"] = str(Path(os.environ["DIGITML_DATA_DIR"]).resolve())
     with tempfile.TemporaryDirectory() as work_dir:
         uri = f"sqlite:///{work_dir}/mlflow.db"
         started = time.monotonic()

@@ -39,6 +39,30 @@ POSITIVE_INT = OrUnset(click.IntRange(min=1))
 POSITIVE_FLOAT = OrUnset(click.FloatRange(min=0, min_open=True))
 
 
+def data_options(command: Any) -> Any:
+    """--dataset, --data-dir and --experiment, alike on every command that reads data."""
+    options = [
+        click.option(
+            "--dataset", type=OrUnset(click.Choice(DATASETS)), help="mnist (default) or digits."
+        ),
+        click.option(
+            "--data-dir",
+            type=OrUnset(click.STRING),
+            help="Folder with the MNIST IDX files or mnist.npz [env DIGITML_DATA_DIR].",
+        ),
+        click.option("--experiment", type=OrUnset(click.STRING), help="MLflow experiment name."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _data_dir(given: str | None) -> str | None:
+    """--data-dir, else DIGITML_DATA_DIR. Read here, not through click's envvar: MLproject passes
+    '' for an unset --data-dir."""
+    return given or os.environ.get("DIGITML_DATA_DIR") or None
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -62,18 +86,12 @@ def cli() -> None:
 @click.option("--batch-size", type=POSITIVE_INT)
 @click.option("--learning-rate", type=POSITIVE_FLOAT)
 @click.option("--optimizer", type=OrUnset(click.Choice(OPTIMIZERS)))
-@click.option("--dataset", type=OrUnset(click.Choice(DATASETS)))
-@click.option(
-    "--data-dir",
-    type=OrUnset(click.STRING),
-    help="Folder with the MNIST IDX files or mnist.npz [env DIGITML_DATA_DIR].",
-)
+@data_options
 @click.option(
     "--limit",
     type=OrUnset(click.IntRange(min=20)),
     help="Train on N training images (seeded, class-balanced).",
 )
-@click.option("--experiment", type=OrUnset(click.STRING), help="MLflow experiment name.")
 @click.option("--seed", type=OrUnset(click.IntRange(min=0)))
 @click.option(
     "--resume",
@@ -87,8 +105,7 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     from digitml.data import DataError
     from digitml.experiment import ResumeError, resumable_config, run_training
 
-    # Read here, not through click's envvar: MLproject passes '' for an unset --data-dir.
-    overrides["data_dir"] = overrides["data_dir"] or os.environ.get("DIGITML_DATA_DIR") or None
+    overrides["data_dir"] = _data_dir(overrides["data_dir"])
     try:
         if resume_run_id:
             data_dir = overrides.pop("data_dir")
@@ -136,14 +153,8 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
 @click.option("--tuner", type=OrUnset(click.Choice(TUNERS)))
 @click.option("--max-trials", type=POSITIVE_INT)
 @click.option("--epochs", type=POSITIVE_INT, help="Most epochs one trial trains.")
-@click.option("--dataset", type=OrUnset(click.Choice(DATASETS)))
-@click.option(
-    "--data-dir",
-    type=OrUnset(click.STRING),
-    help="Folder with the MNIST IDX files [env DIGITML_DATA_DIR].",
-)
+@data_options
 @click.option("--limit", type=OrUnset(click.IntRange(min=20)))
-@click.option("--experiment", type=OrUnset(click.STRING))
 @click.option(
     "--register-as",
     type=OrUnset(click.STRING),
@@ -184,7 +195,7 @@ def tune(
     from digitml.data import DataError
     from digitml.tune import SearchEnded, run_search
 
-    overrides["data_dir"] = overrides["data_dir"] or os.environ.get("DIGITML_DATA_DIR") or None
+    overrides["data_dir"] = _data_dir(overrides["data_dir"])
     try:
         config = load_tune_config(config_file or "tune", overrides)
     except ConfigError as error:
@@ -243,20 +254,17 @@ def _set_keras_tuner_distribution(tuner_id: str, oracle_address: str) -> None:
 @click.option(
     "--model-uri", required=True, help="runs:/RUN_ID/model, models:/NAME@ALIAS or models:/NAME/N."
 )
-@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
-@click.option(
-    "--data-dir",
-    type=OrUnset(click.STRING),
-    help="Folder with the MNIST IDX files [env DIGITML_DATA_DIR].",
-)
-@click.option("--experiment", default="digitml", show_default=True)
-def evaluate(model_uri: str, dataset: str, data_dir: str | None, experiment: str) -> None:
+@data_options
+def evaluate(
+    model_uri: str, dataset: str | None, data_dir: str | None, experiment: str | None
+) -> None:
     """Score a logged or registered model on the full test set, as a new MLflow run."""
     from digitml.evaluate import evaluate_model
 
-    data_dir = data_dir or os.environ.get("DIGITML_DATA_DIR") or None
     with _user_errors():
-        evaluation = evaluate_model(model_uri, dataset, data_dir, experiment)
+        evaluation = evaluate_model(
+            model_uri, dataset or "mnist", _data_dir(data_dir), experiment or "digitml"
+        )
     metrics = evaluation.metrics
     click.echo(f"model:          {model_uri}")
     click.echo(f"evaluation run: {evaluation.run_id}")
@@ -284,20 +292,25 @@ def evaluate(model_uri: str, dataset: str, data_dir: str | None, experiment: str
     help="Accuracy margin the candidate must add.",
 )
 @click.option("--force", is_flag=True, help="Move the alias whatever the comparison says.")
-@click.option("--dataset", type=click.Choice(DATASETS), default="mnist", show_default=True)
-@click.option(
-    "--data-dir",
-    type=OrUnset(click.STRING),
-    help="Folder with the MNIST IDX files [env DIGITML_DATA_DIR].",
-)
-@click.option("--experiment", default="digitml", show_default=True)
-def promote(model_uri: str, data_dir: str | None, **options: Any) -> None:
+@data_options
+def promote(
+    model_uri: str,
+    dataset: str | None,
+    data_dir: str | None,
+    experiment: str | None,
+    **options: Any,
+) -> None:
     """Register a candidate and move the alias to it only if it is at least as accurate."""
     from digitml.registry import promote as promote_candidate
 
-    data_dir = data_dir or os.environ.get("DIGITML_DATA_DIR") or None
     with _user_errors():
-        decision = promote_candidate(model_uri, data_dir=data_dir, **options)
+        decision = promote_candidate(
+            model_uri,
+            dataset=dataset or "mnist",
+            data_dir=_data_dir(data_dir),
+            experiment=experiment or "digitml",
+            **options,
+        )
     click.echo(decision.message)
 
 

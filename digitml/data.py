@@ -43,6 +43,18 @@ class DigitData:
     test_labels: np.ndarray
 
 
+def digit_data(name: str, source: str, train: tuple, test: tuple) -> DigitData:
+    """DigitData from uint8 (images, labels) pairs as the files hold them."""
+    return DigitData(
+        name=name,
+        source=source,
+        train_images=to_model_input(train[0]),
+        train_labels=train[1].astype(np.int64),
+        test_images=to_model_input(test[0]),
+        test_labels=test[1].astype(np.int64),
+    )
+
+
 @dataclass
 class Splits:
     """What one training run sees: a seeded train/validation split plus the untouched test set."""
@@ -89,14 +101,7 @@ def load_mnist_dir(data_dir: Path) -> DigitData:
                 f"{len(labels)} labels (expected {_EXPECTED_COUNTS[split]})"
             )
         arrays[split] = (images, labels)
-    return DigitData(
-        name="mnist",
-        source=str(data_dir.resolve()),
-        train_images=to_model_input(arrays["train"][0]),
-        train_labels=arrays["train"][1].astype(np.int64),
-        test_images=to_model_input(arrays["t10k"][0]),
-        test_labels=arrays["t10k"][1].astype(np.int64),
-    )
+    return digit_data("mnist", str(data_dir.resolve()), arrays["train"], arrays["t10k"])
 
 
 def _find_idx(data_dir: Path, stem: str) -> Path | None:
@@ -192,14 +197,8 @@ def load_mnist_npz(path: Path) -> DigitData:
     }
     for key, stem in stems.items():
         _check_digest(f"{path.name}[{key}]", stem, _idx_bytes(arrays[key]))
-    return DigitData(
-        name="mnist",
-        source=str(path.resolve()),
-        train_images=to_model_input(arrays["x_train"]),
-        train_labels=arrays["y_train"].astype(np.int64),
-        test_images=to_model_input(arrays["x_test"]),
-        test_labels=arrays["y_test"].astype(np.int64),
-    )
+    train, test = (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+    return digit_data("mnist", str(path.resolve()), train, test)
 
 
 def load_mnist_keras() -> DigitData:
@@ -213,14 +212,7 @@ def load_mnist_keras() -> DigitData:
             f"could not download MNIST through Keras ({error}); pass --data-dir or set "
             "DIGITML_DATA_DIR to a folder with the IDX files, or use --dataset digits"
         ) from error
-    return DigitData(
-        name="mnist",
-        source="keras.datasets.mnist",
-        train_images=to_model_input(x_train),
-        train_labels=y_train.astype(np.int64),
-        test_images=to_model_input(x_test),
-        test_labels=y_test.astype(np.int64),
-    )
+    return digit_data("mnist", "keras.datasets.mnist", (x_train, y_train), (x_test, y_test))
 
 
 def load_digits() -> DigitData:
@@ -242,13 +234,8 @@ def load_digits() -> DigitData:
         random_state=DIGITS_SPLIT_SEED,
         stratify=bunch.target,
     )
-    return DigitData(
-        name="digits",
-        source="sklearn.datasets.load_digits",
-        train_images=to_model_input(train_x),
-        train_labels=train_y.astype(np.int64),
-        test_images=to_model_input(test_x),
-        test_labels=test_y.astype(np.int64),
+    return digit_data(
+        "digits", "sklearn.datasets.load_digits", (train_x, train_y), (test_x, test_y)
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -102,27 +103,12 @@ def training_dataset(splits: Splits, config: TrainConfig) -> tf.data.Dataset:
 
 
 def training_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
-    """The callbacks the config asks for (early stopping, LR reduction on plateau)."""
+    """The callbacks the config asks for; their settings' names are Keras' argument names."""
     callbacks: list[keras.callbacks.Callback] = []
     if config.early_stopping is not None:
-        stopping = config.early_stopping
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=stopping.monitor,
-                patience=stopping.patience,
-                restore_best_weights=stopping.restore_best_weights,
-            )
-        )
+        callbacks.append(keras.callbacks.EarlyStopping(**dataclasses.asdict(config.early_stopping)))
     if config.reduce_lr is not None:
-        plateau = config.reduce_lr
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=plateau.monitor,
-                factor=plateau.factor,
-                patience=plateau.patience,
-                min_lr=plateau.min_lr,
-            )
-        )
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(**dataclasses.asdict(config.reduce_lr)))
     return callbacks
 
 

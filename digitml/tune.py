@@ -36,16 +36,9 @@ def search_space(space: dict[str, dict[str, Any]]) -> kt.HyperParameters:
     hp = kt.HyperParameters()
     for name, spec in space.items():
         kind = spec["type"]
-        if kind == "int":
-            hp.Int(
-                name,
-                spec["min"],
-                spec["max"],
-                step=spec.get("step"),
-                sampling=spec.get("sampling", "linear"),
-            )
-        elif kind == "float":
-            hp.Float(
+        if kind in ("int", "float"):
+            define = hp.Int if kind == "int" else hp.Float
+            define(
                 name,
                 spec["min"],
                 spec["max"],

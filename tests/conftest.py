@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,38 @@ def registered_model(mnist_model):
             mlflow.set_tracking_uri(None)
         client.set_registered_model_alias("digit-classifier", "champion", version)
     return uri
+
+
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `digitml ...` in the background; stdout and stderr are text pipes."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitml.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_until(process: subprocess.Popen, prefix: str) -> list[str]:
+    """The stdout lines up to and including the first that starts with `prefix`."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(
+        f"the process ended before printing {prefix!r}: {process.stderr.read()[-2000:]}"
+    )
+
+
+def kill_at(process: subprocess.Popen, prefix: str, signum: int = signal.SIGKILL) -> list[str]:
+    """Send `signum` once a stdout line starts with `prefix`; wait for the end; return the lines."""
+    try:
+        lines = read_until(process, prefix)
+        process.send_signal(signum)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    return lines

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,10 +20,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Poll `url` until it answers 200; fail with the end of `log` if the process dies or hangs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{url} did not come up: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 class ModelServer:
     """`mlflow models serve -m MODEL --env-manager local` on 127.0.0.1; stop() ends it."""
 
     def __init__(self, model_uri: str, env: dict[str, str] | None = None, timeout: float = 180):
+        # A file, not a pipe: nobody reads the server's log while it runs, and a full pipe blocks it.
+        self.log = Path(tempfile.mkstemp(prefix="mlflow-serve-", suffix=".log")[1])
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         venv_bin = str(Path(sys.executable).parent)
@@ -48,17 +67,9 @@ class ModelServer:
                 "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
             },
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=self.log.open("w"),
         )
-        deadline = time.monotonic() + timeout
-        while not self.alive():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"mlflow models serve did not start: {self.process.stderr.read()[-3000:]}"
-                )
-            time.sleep(0.5)
+        wait_for_http(f"{self.url}/ping", self.process, self.log, timeout)
 
     def alive(self) -> bool:
         try:
@@ -84,3 +95,4 @@ class ModelServer:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.unlink(missing_ok=True)

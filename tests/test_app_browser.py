@@ -5,10 +5,9 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
-from serving import free_port
+from serving import free_port, wait_for_http
 from test_app import drawn_seven
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -23,19 +22,10 @@ def app_url(registered_model, tmp_path):
         env={**os.environ, "MLFLOW_TRACKING_URI": registered_model},
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=(tmp_path / "app.log").open("w"),
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-            break
-        except OSError:
-            assert process.poll() is None, process.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.5)
+    wait_for_http(f"{url}/_stcore/health", process, tmp_path / "app.log", timeout=90)
     yield url
     process.terminate()
     process.wait(timeout=30)

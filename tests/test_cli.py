@@ -4,14 +4,11 @@ import gzip
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import mlflow
 import pytest
 
-from conftest import all_runs, require_mnist, run_cli
+from conftest import all_runs, kill_at, require_mnist, run_cli, start_cli
 
 DIGITS_SMOKE = [
     "--dataset",
@@ -94,42 +91,20 @@ def test_corrupted_data_stops_before_training_and_names_the_file(tracking_uri, t
 
 
 def test_sigterm_marks_the_run_killed_and_says_how_to_resume(tracking_uri, tmp_path):
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "digitml.cli",
-            "train",
-            "--dataset",
-            "digits",
-            "--model",
-            "resnet",
-            "--epochs",
-            "50",
-            "--experiment",
-            "cli-test",
-        ],
+    process = start_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "resnet",
+        "--epochs",
+        "50",
+        "--experiment",
+        "cli-test",
         cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
-    try:
-        _wait_for_first_epoch(process)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    kill_at(process, "epoch 1/", signal.SIGTERM)
     assert process.returncode == 130
-    assert "digitml train --resume" in stderr
+    assert "digitml train --resume" in process.stderr.read()
     (run,) = all_runs("cli-test")
     assert run.info.status == "KILLED"
-
-
-def _wait_for_first_epoch(process: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    for line in process.stdout:
-        if line.startswith("epoch 1/"):
-            return
-        assert time.monotonic() < deadline, "no epoch finished in time"
-    raise AssertionError(f"training ended before its first epoch: {process.stderr.read()}")

@@ -1,12 +1,10 @@
 """A training run killed with SIGKILL continues in the same MLflow run, losing at most one epoch."""
 
 import signal
-import subprocess
-import sys
 
 import mlflow
 
-from conftest import all_runs, run_cli
+from conftest import all_runs, kill_at, run_cli, start_cli
 
 EPOCHS = 6
 KILL_AFTER = 3
@@ -14,39 +12,22 @@ KILL_AFTER = 3
 
 def _train_until_epoch(cwd, epoch: int) -> str:
     """Start training, SIGKILL it once `epoch` is logged; return the printed run id."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "digitml.cli",
-            "train",
-            "--dataset",
-            "digits",
-            "--model",
-            "resnet",
-            "--epochs",
-            str(EPOCHS),
-            "--experiment",
-            "resume-test",
-        ],
+    process = start_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "resnet",
+        "--epochs",
+        str(EPOCHS),
+        "--experiment",
+        "resume-test",
         cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
     )
-    run_id = None
-    try:
-        for line in process.stdout:
-            if line.startswith("MLflow run "):
-                run_id = line.split()[2]
-            if line.startswith(f"epoch {epoch}/"):
-                process.send_signal(signal.SIGKILL)
-                break
-    finally:
-        process.kill()
-        process.wait(timeout=30)
-    assert run_id and process.returncode == -signal.SIGKILL
-    return run_id
+    lines = kill_at(process, f"epoch {epoch}/")
+    assert process.returncode == -signal.SIGKILL
+    (announce,) = [line for line in lines if line.startswith("MLflow run ")]
+    return announce.split()[2]
 
 
 def test_killed_run_resumes_in_the_same_run_from_its_last_epoch(tracking_uri, tmp_path):

@@ -1,15 +1,12 @@
 """`digitml tune` for real: Keras Tuner trials on sklearn digits, nested runs in a real store."""
 
 import io
-import signal
-import subprocess
-import sys
 
 import mlflow
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT, all_runs, run_cli
+from conftest import REPO_ROOT, all_runs, kill_at, run_cli, start_cli
 
 SMALL_SEARCH = """\
 base_config: fast
@@ -93,21 +90,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tracking_uri, tmp_pa
 
 def test_killed_search_resumes_without_rerunning_or_duplicating(tracking_uri, tmp_path):
     search = write_search(tmp_path, max_trials=4)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "digitml.cli", "tune", "--config", str(search)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        for line in process.stdout:
-            if line.startswith("trial 2/4"):
-                process.send_signal(signal.SIGKILL)
-                break
-    finally:
-        process.kill()
-        process.wait(timeout=30)
+    kill_at(start_cli("tune", "--config", str(search), cwd=tmp_path), "trial 2/4")
     finished_before = {
         run.info.run_id for run in runs_by_kind("trial") if run.info.status == "FINISHED"
     }

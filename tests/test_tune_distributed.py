@@ -1,16 +1,15 @@
 """A distributed search for real: `mlflow server` on loopback, one chief, two workers, processes."""
 
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
+from serving import free_port, wait_for_http
+
+from conftest import start_cli
 
 SEARCH = """\
 base_config: fast
@@ -23,12 +22,6 @@ experiment: distributed-test
 search_space:
   dense_units: {type: int, min: 16, max: 128, step: 8}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -52,17 +45,10 @@ def tracking_server(tmp_path, monkeypatch):
             "1",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "server.log").open("w"),
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
+    wait_for_http(f"{uri}/health", server, tmp_path / "server.log", timeout=90)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     yield uri
@@ -72,14 +58,7 @@ def tracking_server(tmp_path, monkeypatch):
 
 
 def start_tune(cwd, *args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "digitml.cli", "tune", "--config", "search.yaml", *args],
-        cwd=cwd,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_cli("tune", "--config", "search.yaml", *args, cwd=cwd)
 
 
 def test_chief_and_two_workers_share_one_search(tracking_server, tmp_path):
