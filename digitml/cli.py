@@ -193,7 +193,7 @@ def tune(
     """Search hyperparameters with Keras Tuner; re-run the same command to resume."""
     from digitml.config import load_tune_config
     from digitml.data import DataError
-    from digitml.tune import SearchEnded, run_search
+    from digitml.tune import SearchEnded, TuningStateError, run_search
 
     overrides["data_dir"] = _data_dir(overrides["data_dir"])
     try:
@@ -214,7 +214,7 @@ def tune(
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         outcome = run_search(config, Path(tuning_dir or default_dir), role, oracle_address)
-    except DataError as error:
+    except (DataError, TuningStateError) as error:
         raise click.ClickException(str(error)) from error
     except SearchEnded as ended:
         click.echo(f"{tuner_id}: {ended}")

@@ -247,7 +247,7 @@ def _child_runs(parent_run_id: str, extra_filter: str = "") -> list[mlflow.entit
 def search_run(config: Any, parent_file: Path) -> Iterator[mlflow.ActiveRun]:
     """The search's parent run: the one recorded in `parent_file` if it exists, else a new one."""
     saved = parent_file.read_text().strip() if parent_file.is_file() else None
-    if saved and _run_exists(saved):
+    if saved:
         with tracked_run(config.experiment, run_id=saved) as run:
             yield run
         return
@@ -261,7 +261,7 @@ def search_run(config: Any, parent_file: Path) -> Iterator[mlflow.ActiveRun]:
         yield run
 
 
-def _run_exists(run_id: str) -> bool:
+def run_exists(run_id: str) -> bool:
     try:
         return mlflow.get_run(run_id).info.lifecycle_stage == "active"
     except mlflow.exceptions.MlflowException:

@@ -106,6 +106,10 @@ class SearchContext:
     oracle_address: str | None = None  # set on workers of a distributed search
 
 
+class TuningStateError(RuntimeError):
+    """The tuning folder belongs to a search this tracking store does not hold."""
+
+
 class SearchEnded(RuntimeError):
     """A worker found no running search (it ended, or the chief is gone): a clean exit."""
 
@@ -236,7 +240,13 @@ def run_search(
     if role == "worker":
         return run_worker(config, base, splits, tuning_dir, oracle_address)
     tuning_dir.mkdir(parents=True, exist_ok=True)
-    with tracking.search_run(config, tuning_dir / PARENT_RUN_FILE) as parent:
+    parent_file = tuning_dir / PARENT_RUN_FILE
+    if parent_file.is_file() and not tracking.run_exists(parent_file.read_text().strip()):
+        raise TuningStateError(
+            f"{tuning_dir} holds a search whose MLflow run {parent_file.read_text().strip()} is not "
+            f"in {mlflow.get_tracking_uri()}: pass another --tuning-dir, or delete it to start over"
+        )
+    with tracking.search_run(config, parent_file) as parent:
         if role == "chief":
             mlflow.set_tag(tracking.ORACLE_TAG, oracle_address)
             print(

@@ -26,6 +26,13 @@ def require_mnist() -> Path:
     return MNIST_DIR
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_experiment(monkeypatch):
+    """mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID; a test must not pass it on to the
+    processes it starts (`mlflow run` refuses it beside --experiment-name)."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh SQLite tracking store (artifacts beside it) for one test, also seen by subprocesses."""

@@ -78,6 +78,7 @@ def test_mlflow_run_tune_runs_a_tiny_search(tracking_uri, tmp_path):
     )
     result = mlflow_run(
         f"config={search}",
+        f"tuning_dir={tmp_path / 'tuning'}",
         "dataset=digits",
         "experiment=mlproject-test",
         cwd=tmp_path,

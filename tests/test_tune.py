@@ -109,6 +109,15 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tracking_uri, tm
     ] == ["3/4", "4/4"]
 
 
+def test_tuning_folder_of_another_store_is_refused(tracking_uri, tmp_path):
+    (tmp_path / "tuning" / "tune-test").mkdir(parents=True)
+    (tmp_path / "tuning" / "tune-test" / "mlflow_parent_run_id").write_text("0123456789abcdef")
+    result = run_cli("tune", "--config", str(write_search(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "0123456789abcdef" in result.stderr and "--tuning-dir" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_bad_search_space_is_a_usage_error(tracking_uri, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("search_space:\n  dense_units: {type: integer}\n")
