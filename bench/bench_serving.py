@@ -85,6 +85,9 @@ def main() -> None:
     args = parser.parse_args()
     from digitml.data import load_mnist_dir
 
+    # The model is trained in a temporary folder: a relative path would not be found from there.
+    os.environ["DIGITML_DATA_DIR"] = str(Path(os.environ["DIGITML_DATA_DIR"]).resolve())
+
     images = np.round(
         load_mnist_dir(Path(os.environ["DIGITML_DATA_DIR"])).test_images[:BATCH, ..., 0] * 255
     )
