@@ -118,6 +118,22 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
     )
 
 
+def start_slow_training(cwd: Path, epochs: int, experiment: str) -> subprocess.Popen:
+    """A training of a few seconds per epoch (the ResNet on digits), to interrupt on purpose."""
+    return start_cli(
+        "train",
+        "--dataset",
+        "digits",
+        "--model",
+        "resnet",
+        "--epochs",
+        str(epochs),
+        "--experiment",
+        experiment,
+        cwd=cwd,
+    )
+
+
 def read_until(process: subprocess.Popen, prefix: str) -> list[str]:
     """The stdout lines up to and including the first that starts with `prefix`."""
     lines = []

@@ -8,7 +8,7 @@ import signal
 import mlflow
 import pytest
 
-from conftest import all_runs, kill_at, require_mnist, run_cli, start_cli
+from conftest import all_runs, kill_at, require_mnist, run_cli, start_slow_training
 
 DIGITS_SMOKE = [
     "--dataset",
@@ -91,18 +91,7 @@ def test_corrupted_data_stops_before_training_and_names_the_file(tracking_uri, t
 
 
 def test_sigterm_marks_the_run_killed_and_says_how_to_resume(tracking_uri, tmp_path):
-    process = start_cli(
-        "train",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet",
-        "--epochs",
-        "50",
-        "--experiment",
-        "cli-test",
-        cwd=tmp_path,
-    )
+    process = start_slow_training(tmp_path, epochs=50, experiment="cli-test")
     kill_at(process, "epoch 1/", signal.SIGTERM)
     assert process.returncode == 130
     assert "digitml train --resume" in process.stderr.read()

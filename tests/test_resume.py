@@ -4,7 +4,7 @@ import signal
 
 import mlflow
 
-from conftest import all_runs, kill_at, run_cli, start_cli
+from conftest import all_runs, kill_at, run_cli, start_slow_training
 
 EPOCHS = 6
 KILL_AFTER = 3
@@ -12,18 +12,7 @@ KILL_AFTER = 3
 
 def _train_until_epoch(cwd, epoch: int) -> str:
     """Start training, SIGKILL it once `epoch` is logged; return the printed run id."""
-    process = start_cli(
-        "train",
-        "--dataset",
-        "digits",
-        "--model",
-        "resnet",
-        "--epochs",
-        str(EPOCHS),
-        "--experiment",
-        "resume-test",
-        cwd=cwd,
-    )
+    process = start_slow_training(cwd, epochs=EPOCHS, experiment="resume-test")
     lines = kill_at(process, f"epoch {epoch}/")
     assert process.returncode == -signal.SIGKILL
     (announce,) = [line for line in lines if line.startswith("MLflow run ")]
