@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from digitml.config import DATASETS, OPTIMIZERS, TUNERS, ConfigError
+from digitml.config import DATASETS, OPTIMIZERS, PRECISIONS, TUNERS, ConfigError
 
 # TensorFlow's C++ start-up chatter hides the lines users need; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -86,6 +86,11 @@ def cli() -> None:
 @click.option("--batch-size", type=POSITIVE_INT)
 @click.option("--learning-rate", type=POSITIVE_FLOAT)
 @click.option("--optimizer", type=OrUnset(click.Choice(OPTIMIZERS)))
+@click.option(
+    "--precision",
+    type=OrUnset(click.Choice(PRECISIONS)),
+    help="auto: bfloat16 compute where the CPU has it natively (AMX, AVX512-BF16).",
+)
 @data_options
 @click.option(
     "--limit",

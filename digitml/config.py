@@ -14,6 +14,8 @@ DEFAULT_CONFIG = "default.yaml"
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 DATASETS = ("mnist", "digits")
 SCHEDULES = ("constant", "onecycle", "cosine")
+# "auto": bfloat16 compute where the CPU multiplies bfloat16 natively (AMX, AVX512-BF16), else float32
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 
 
 class ConfigError(ValueError):
@@ -55,11 +57,13 @@ class TrainConfig:
     name: str = "custom"
     model: str = "baseline"
     model_params: dict[str, Any] = field(default_factory=dict)
+    members: int = 1  # more than 1: an ensemble of that many copies, trained side by side
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     schedule: str = "constant"
+    precision: str = "float32"
     dataset: str = "mnist"
     data_dir: str | None = None
     limit: int | None = None
@@ -103,7 +107,10 @@ def load_config(
     path = config_path(str(path)) if path else EXPERIMENTS_DIR / DEFAULT_CONFIG
     raw = _read_yaml(path)
     raw.setdefault("name", Path(path).stem)
-    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    if given.get("model", raw.get("model")) != raw.get("model"):
+        raw.pop("model_params", None)  # the file's model_params belong to the file's model
+    raw.update(given)
     return config_from_dict(raw, source=str(path))
 
 
@@ -151,6 +158,7 @@ def validate(config: TrainConfig) -> None:
     from digitml.models import MODEL_NAMES, check_model_params
 
     _check_type(config, "epochs", int, minimum=1)
+    _check_type(config, "members", int, minimum=1)
     _check_type(config, "batch_size", int, minimum=1)
     _check_type(config, "seed", int, minimum=0)
     _check_type(config, "learning_rate", (int, float), minimum=0, exclusive=True)
@@ -162,6 +170,7 @@ def validate(config: TrainConfig) -> None:
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("dataset", config.dataset, DATASETS)
     _check_choice("schedule", config.schedule, SCHEDULES)
+    _check_choice("precision", config.precision, PRECISIONS)
     for name in ("rotation", "translation", "zoom"):
         strength = getattr(config.augmentation, name)
         if not isinstance(strength, (int, float)) or not 0 <= strength < 1:

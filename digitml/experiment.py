@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import yaml
 from digitml import tracking
 from digitml.config import TrainConfig, config_from_dict
 from digitml.data import DigitData, load_dataset, make_splits
+from digitml.precision import resolve_precision
 from digitml.train import predict_probabilities, train_model
 
 DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")
@@ -40,8 +42,10 @@ def run_training(
 ) -> RunOutcome:
     """Train `config` in an MLflow run (or continue `resume_run_id`); load data before the run starts.
 
-    Inside an active run (a search), the training run is its child.
+    Inside an active run (a search), the training run is its child. The run records the precision
+    it trained in ("auto" resolved), so a resume on another machine computes the same way.
     """
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision))
     data = data or load_dataset(config.dataset, config.data_dir)
     splits = make_splits(data, config.val_fraction, config.seed, config.limit)
     with tracking.tracked_run(config.experiment, run_id=resume_run_id) as run:

@@ -11,8 +11,14 @@ from keras import layers
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
+MEMBER_OUTPUTS = "stacked_probabilities"
 # Keras' default 0.99 averages over ~100 steps: too slow for short runs (it collapsed accuracy).
 BN_MOMENTUM = 0.9
+
+
+def probabilities() -> layers.Layer:
+    """The softmax output, kept in float32 under mixed precision so probabilities stay exact."""
+    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32")
 
 
 def conv_net(
@@ -37,7 +43,7 @@ def conv_net(
     model.add(layers.Dense(dense_units, activation="relu"))
     if dense_dropout:
         model.add(layers.Dropout(dense_dropout))
-    model.add(layers.Dense(NUM_CLASSES, activation="softmax"))
+    model.add(probabilities())
     return model
 
 
@@ -74,7 +80,7 @@ def resnet(
     tensor = layers.BatchNormalization(momentum=BN_MOMENTUM)(tensor)
     tensor = layers.Activation("relu")(tensor)
     tensor = layers.Dropout(dense_dropout)(tensor)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax")(tensor)
+    outputs = probabilities()(tensor)
     return keras.Model(inputs, outputs, name="resnet")
 
 
@@ -104,7 +110,7 @@ def vgg(
     tensor = layers.Activation("relu")(tensor)
     if dense_dropout:
         tensor = layers.Dropout(dense_dropout)(tensor)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax")(tensor)
+    outputs = probabilities()(tensor)
     return keras.Model(inputs, outputs, name="vgg")
 
 
@@ -130,7 +136,7 @@ def strided_net(
         model.add(layers.Activation("relu"))
     if dense_dropout:
         model.add(layers.Dropout(dense_dropout))
-    model.add(layers.Dense(NUM_CLASSES, activation="softmax"))
+    model.add(probabilities())
     return model
 
 
@@ -176,6 +182,30 @@ def build_model(name: str, params: dict[str, Any] | None = None) -> keras.Model:
     builder, defaults = MODELS[name]
     check_model_params(name, params or {})
     return builder(**{**defaults, **(params or {})})
+
+
+def side_by_side(members: Sequence[keras.Model]) -> keras.Model:
+    """An ensemble for training: the members, each from its own random start, see the same batches;
+    the output stacks their probabilities, shape (batch, members, 10), so each member has its own
+    loss (`train.members_crossentropy`). `averaged` turns it into the model that is served."""
+    inputs = keras.Input(INPUT_SHAPE)
+    stacked = []
+    for index, member in enumerate(members):
+        member.name = f"member_{index}"
+        stacked.append(layers.Reshape((1, NUM_CLASSES), dtype="float32")(member(inputs)))
+    outputs = layers.Concatenate(axis=1, name=MEMBER_OUTPUTS, dtype="float32")(stacked)
+    return keras.Model(inputs, outputs, name="ensemble")
+
+
+def averaged(model: keras.Model) -> keras.Model:
+    """The members of a `side_by_side` ensemble (same weights) with their probabilities averaged;
+    any other model as it is."""
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if not members:
+        return model
+    inputs = keras.Input(INPUT_SHAPE)
+    outputs = layers.Average(dtype="float32")([member(inputs) for member in members])
+    return keras.Model(inputs, outputs, name=f"ensemble_of_{len(members)}")
 
 
 def parameter_counts() -> list[tuple[str, int, str]]:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -15,7 +16,8 @@ import tensorflow as tf
 
 from digitml.config import AugmentationConfig, TrainConfig
 from digitml.data import Splits
-from digitml.models import build_model
+from digitml.models import averaged, build_model, side_by_side
+from digitml.precision import dtype_policy, float32_model, resolve_precision
 
 ONECYCLE_WARMUP_FRACTION = 0.3
 ONECYCLE_START_DIVISOR = 25.0
@@ -25,6 +27,8 @@ PREDICT_BATCH = 1024
 
 @dataclass
 class TrainResult:
+    """The fitted network (in float32, see `float32_model`), its Keras history, the fit time."""
+
     model: keras.Model
     history: dict[str, list[float]]
     train_seconds: float
@@ -136,11 +140,16 @@ def train_model(
     `progress`: "bar" (Keras' bar, for terminals), "lines" (one line per epoch) or "none".
     """
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config.model, config.model_params)
+    with dtype_policy(resolve_precision(config.precision)):
+        model = build_network(config)
     model.compile(
         optimizer=make_optimizer(config, len(splits.train_labels)),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss="sparse_categorical_crossentropy" if config.members == 1 else members_crossentropy,
+        metrics=[
+            "accuracy"
+            if config.members == 1
+            else keras.metrics.MeanMetricWrapper(averaged_accuracy, name="accuracy")
+        ],
     )
     callbacks = training_callbacks(config) + list(extra_callbacks)
     if backup_dir is not None:
@@ -158,7 +167,36 @@ def train_model(
         shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=1 if progress == "bar" else 0,
     )
-    return TrainResult(model, history.history, time.perf_counter() - started)
+    return TrainResult(
+        float32_model(averaged(model)), history.history, time.perf_counter() - started
+    )
+
+
+def build_network(config: TrainConfig) -> keras.Model:
+    """The configured architecture, or `members` copies of it side by side (an ensemble)."""
+    if config.members == 1:
+        return build_model(config.model, config.model_params)
+    return side_by_side(
+        [build_model(config.model, config.model_params) for _ in range(config.members)]
+    )
+
+
+def members_crossentropy(labels: Any, member_probabilities: Any) -> Any:
+    """Each ensemble member's own cross-entropy, averaged: the members learn independently (a
+    loss on their averaged output would let them lean on each other)."""
+    labels = keras.ops.broadcast_to(
+        keras.ops.expand_dims(keras.ops.cast(labels, "int32"), 1),
+        keras.ops.shape(member_probabilities)[:2],
+    )
+    losses = keras.losses.sparse_categorical_crossentropy(labels, member_probabilities)
+    return keras.ops.mean(losses, axis=1)
+
+
+def averaged_accuracy(labels: Any, member_probabilities: Any) -> Any:
+    """Accuracy of the ensemble's averaged prediction: what `accuracy` means for an ensemble."""
+    return keras.metrics.sparse_categorical_accuracy(
+        labels, keras.ops.mean(member_probabilities, axis=1)
+    )
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:

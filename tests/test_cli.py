@@ -52,6 +52,7 @@ def test_without_a_terminal_each_epoch_is_one_line(tracking_uri, tmp_path):
         (["--learning-rate", "-0.1"], "--learning-rate"),
         (["--model", "transformer"], "model"),
         (["--optimizer", "adagrad"], "--optimizer"),
+        (["--precision", "float16"], "--precision"),
         (["--dataset", "cifar"], "--dataset"),
         (["--limit", "3"], "--limit"),
         (["--config", "missing.yaml"], "missing.yaml"),

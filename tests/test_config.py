@@ -50,6 +50,13 @@ def test_overrides_win_over_the_file_and_none_means_unset():
     assert (config.epochs, config.model, config.seed) == (3, "resnet", 42)
 
 
+def test_another_model_drops_the_files_model_params():
+    assert load_config("default").model_params
+    config = load_config("default", {"model": "resnet"})
+    assert (config.model, config.model_params) == ("resnet", {})
+    assert load_config("default", {"model": "small"}).model_params == load_config().model_params
+
+
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: baseline\nepochz: 3\n")
@@ -74,6 +81,7 @@ def test_unknown_nested_key_is_named(tmp_path):
         ({"model": "transformer"}, "model"),
         ({"optimizer": "adagrad"}, "optimizer"),
         ({"dataset": "cifar"}, "dataset"),
+        ({"precision": "float16"}, "precision"),
         ({"limit": 5}, "limit"),
         ({"model_params": {"heads": 4}}, "heads"),
     ],

@@ -1,5 +1,7 @@
 """One real training run on a slice of genuine MNIST, and everything it must leave in MLflow."""
 
+import dataclasses
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -11,6 +13,7 @@ from digitml import tracking
 from digitml.config import load_config
 from digitml.data import content_digest, load_mnist_dir, make_splits
 from digitml.experiment import run_training
+from digitml.precision import resolve_precision
 
 EPOCHS = 2
 ARTIFACTS = {
@@ -37,6 +40,7 @@ def logged(tmp_path_factory):
             "epochs": EPOCHS,
             "limit": 600,
             "experiment": "logging-test",
+            "precision": "auto",
             "augmentation": {"rotation": 0.03, "translation": 0.1, "zoom": 0.1},
         },
     )
@@ -56,11 +60,13 @@ def test_every_resolved_hyperparameter_is_a_param(logged):
     params = run.data.params
     expected = {
         "model": "baseline",
+        "members": "1",
         "epochs": str(EPOCHS),
         "batch_size": "64",
         "optimizer": "adam",
         "learning_rate": "0.001",
         "seed": "42",
+        "precision": resolve_precision("auto"),  # what ran, not "auto"
         "dataset": "mnist",
         "train_size": "540",
         "val_size": "60",
@@ -82,7 +88,8 @@ def test_tags_name_the_config_and_commit(logged):
 
 def test_config_artifact_reproduces_the_run(logged):
     _, run, _, config = logged
-    assert tracking.read_run_config(run.info.run_id) == config.to_yaml()
+    resolved = dataclasses.replace(config, precision=resolve_precision(config.precision))
+    assert tracking.read_run_config(run.info.run_id) == resolved.to_yaml()
 
 
 def test_per_epoch_metrics_use_the_epoch_as_step(logged):

@@ -1,0 +1,115 @@
+"""Training in bfloat16 (a float32 model out, nothing left global) and side-by-side ensembles."""
+
+import keras
+import numpy as np
+import pytest
+
+from digitml.config import load_config
+from digitml.data import load_digits, make_splits
+from digitml.models import build_model
+from digitml.precision import (
+    BFLOAT16_CPU_FLAGS,
+    cpu_flags,
+    dtype_policy,
+    float32_model,
+    leaf_layers,
+    resolve_precision,
+)
+from digitml.train import predict_probabilities, train_model
+
+
+def compute_dtypes(model: keras.Model) -> set[str]:
+    return {layer.compute_dtype for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+
+
+@pytest.fixture(scope="module")
+def bfloat16_training():
+    """The fast recipe trained for a few epochs on sklearn's digits in mixed bfloat16, and the
+    convolutions' compute dtypes seen while it trained."""
+    config = load_config("fast", {"dataset": "digits", "epochs": 5, "precision": "mixed_bfloat16"})
+    splits = make_splits(load_digits(), config.val_fraction, config.seed)
+    seen: list[set[str]] = []
+    recorder = keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: seen.append(compute_dtypes(recorder.model))
+    )
+    result = train_model(config, splits, [recorder], progress="none")
+    return result, splits, seen
+
+
+def test_mixed_bfloat16_trains_in_bfloat16(bfloat16_training):
+    _, _, seen = bfloat16_training
+    assert seen == [{"bfloat16"}]
+
+
+def test_trained_model_computes_in_float32_and_learned(bfloat16_training):
+    result, splits, _ = bfloat16_training
+    assert compute_dtypes(result.model) == {"float32"}
+    probabilities = predict_probabilities(result.model, splits.test_images)
+    assert probabilities.dtype == np.float32
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert (probabilities.argmax(axis=1) == splits.test_labels).mean() > 0.9
+
+
+def test_float32_copy_keeps_the_weights_and_the_answers():
+    with dtype_policy("mixed_bfloat16"):
+        model = build_model("vgg")
+    copy = float32_model(model)
+    assert compute_dtypes(model) == {"bfloat16"} and compute_dtypes(copy) == {"float32"}
+    for original, copied in zip(model.get_weights(), copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(original, copied)
+    images = load_digits().test_images[:64]
+    bf16 = np.asarray(model.predict_on_batch(images), np.float32)
+    assert np.abs(bf16 - np.asarray(copy.predict_on_batch(images))).max() < 0.05
+
+
+def test_training_leaves_the_global_dtype_policy_as_it_was(bfloat16_training):
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_auto_precision_picks_bfloat16_exactly_where_the_cpu_has_it():
+    expected = "mixed_bfloat16" if cpu_flags() & BFLOAT16_CPU_FLAGS else "float32"
+    assert resolve_precision("auto") == expected
+    assert resolve_precision("float32") == "float32"
+    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+
+
+@pytest.fixture(scope="module")
+def ensemble_training():
+    """Three copies of the fast recipe's network trained side by side on digits, in bfloat16."""
+    config = load_config(
+        "fast", {"dataset": "digits", "epochs": 5, "members": 3, "precision": "mixed_bfloat16"}
+    )
+    splits = make_splits(load_digits(), config.val_fraction, config.seed)
+    return train_model(config, splits, progress="none"), splits
+
+
+def test_ensemble_serves_the_average_of_its_independently_started_members(ensemble_training):
+    result, splits = ensemble_training
+    model = result.model
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    assert len(members) == 3 and model.output_shape == (None, 10)
+    first_kernels = [member.layers[0].get_weights()[0] for member in members]
+    assert not np.allclose(first_kernels[0], first_kernels[1])
+    images = splits.test_images[:32]
+    each = [np.asarray(member.predict_on_batch(images)) for member in members]
+    np.testing.assert_allclose(model.predict_on_batch(images), np.mean(each, axis=0), atol=1e-6)
+    assert {layer.compute_dtype for layer in leaf_layers(model)} == {"float32"}
+
+
+def test_ensemble_reports_the_averaged_accuracy_per_epoch(ensemble_training):
+    result, splits = ensemble_training
+    assert len(result.history["accuracy"]) == len(result.history["val_accuracy"]) == 5
+    probabilities = predict_probabilities(result.model, splits.val_images)
+    accuracy = (probabilities.argmax(axis=1) == splits.val_labels).mean()
+    assert result.history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
+    assert accuracy > 0.9
+
+
+def test_ensemble_saves_and_loads_as_a_plain_keras_model(ensemble_training, tmp_path):
+    result, splits = ensemble_training
+    result.model.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras", compile=False)
+    images = splits.test_images[:32]
+    np.testing.assert_allclose(
+        loaded.predict_on_batch(images), result.model.predict_on_batch(images), atol=1e-6
+    )
