@@ -142,14 +142,9 @@ def train_model(
     keras.utils.set_random_seed(config.seed)
     with dtype_policy(resolve_precision(config.precision)):
         model = build_network(config)
+    loss, accuracy = training_objective(config.members)
     model.compile(
-        optimizer=make_optimizer(config, len(splits.train_labels)),
-        loss="sparse_categorical_crossentropy" if config.members == 1 else members_crossentropy,
-        metrics=[
-            "accuracy"
-            if config.members == 1
-            else keras.metrics.MeanMetricWrapper(averaged_accuracy, name="accuracy")
-        ],
+        optimizer=make_optimizer(config, len(splits.train_labels)), loss=loss, metrics=[accuracy]
     )
     callbacks = training_callbacks(config) + list(extra_callbacks)
     if backup_dir is not None:
@@ -179,6 +174,14 @@ def build_network(config: TrainConfig) -> keras.Model:
     return side_by_side(
         [build_model(config.model, config.model_params) for _ in range(config.members)]
     )
+
+
+def training_objective(members: int) -> tuple[Any, Any]:
+    """(loss, accuracy metric): Keras' own for one network; for an ensemble, one loss per member
+    and the accuracy of the averaged prediction."""
+    if members == 1:
+        return "sparse_categorical_crossentropy", "accuracy"
+    return members_crossentropy, keras.metrics.MeanMetricWrapper(averaged_accuracy, name="accuracy")
 
 
 def members_crossentropy(labels: Any, member_probabilities: Any) -> Any:
