@@ -160,7 +160,12 @@ def log_dataset_parts(
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
-    """Logs loss, accuracy, val_loss, val_accuracy, learning_rate and epoch_seconds, step = epoch."""
+    """Logs loss, accuracy, val_loss, val_accuracy, learning_rate and epoch_seconds, step = epoch
+    (counted from `first_step`: a training that continues an earlier one goes on numbering)."""
+
+    def __init__(self, first_step: int = 0) -> None:
+        super().__init__()
+        self.first_step = first_step
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch_started = time.perf_counter()
@@ -171,7 +176,7 @@ class EpochMetricsLogger(keras.callbacks.Callback):
             keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
         )
         values["epoch_seconds"] = time.perf_counter() - self._epoch_started
-        mlflow.log_metrics(values, step=epoch)
+        mlflow.log_metrics(values, step=self.first_step + epoch)
 
 
 def log_test_results(

@@ -134,14 +134,20 @@ def train_model(
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     backup_dir: Path | None = None,
     progress: str = "lines",
+    initial_weights: Path | None = None,
 ) -> TrainResult:
     """Build, compile and fit the configured model; resumes from `backup_dir` when it holds a backup.
+
+    `initial_weights`: a `.weights.h5` file of the same network to start from instead of a random
+    start (a Hyperband trial continuing its previous round).
 
     `progress`: "bar" (Keras' bar, for terminals), "lines" (one line per epoch) or "none".
     """
     keras.utils.set_random_seed(config.seed)
     with dtype_policy(resolve_precision(config.precision)):
         model = build_network(config)
+    if initial_weights is not None:
+        model.load_weights(initial_weights)
     loss, accuracy = training_objective(config.members)
     model.compile(
         optimizer=make_optimizer(config, len(splits.train_labels)), loss=loss, metrics=[accuracy]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import keras_tuner as kt
 import mlflow
 import numpy as np
@@ -27,6 +28,7 @@ OBJECTIVE = "val_accuracy"
 PROJECT_NAME = "search"
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 ENDED_STATUSES = ("COMPLETED", "FAILED", "INVALID")
+TRIAL_WEIGHTS = "weights.weights.h5"  # a trial's network at its last epoch
 CHIEF_TIMEOUT_SECONDS = 20
 WORKER_WAIT_SECONDS = 15
 
@@ -130,9 +132,16 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
 
     def run_trial(self, trial: kt.engine.trial.Trial, **_: Any) -> dict[str, float]:
         values = trial.hyperparameters.values
-        config = trial_config(
-            self.context.base, values, values.get("tuner/epochs", self.context.tune.epochs)
-        )
+        epochs = values.get("tuner/epochs", self.context.tune.epochs)
+        start_weights = self.previous_round_weights(values)
+        first_epoch = values["tuner/initial_epoch"] if start_weights else 0
+        config = trial_config(self.context.base, values, epochs - first_epoch)
+        callbacks = [
+            tracking.EpochMetricsLogger(first_step=first_epoch),
+            keras.callbacks.ModelCheckpoint(
+                str(self.weights_file(trial.trial_id)), save_weights_only=True
+            ),
+        ]
         with tracking.trial_run(
             self.context.parent_run_id, self.context.experiment_id, trial.trial_id, values
         ):
@@ -140,9 +149,10 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
                 result = train_model(
                     config,
                     self.context.splits,
-                    [tracking.EpochMetricsLogger()],
+                    callbacks,
                     backup_dir=Path(self.get_trial_dir(trial.trial_id)) / "backup",
                     progress="none",
+                    initial_weights=start_weights,
                 )
             except Exception as error:  # any training failure fails the trial, not the search
                 raise kt_errors.FailedTrialError(f"{type(error).__name__}: {error}") from error
@@ -151,6 +161,22 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
                 raise kt_errors.FailedTrialError("the loss became NaN or infinite")
             mlflow.log_metric("trial_seconds", result.train_seconds)
         return {OBJECTIVE: score}
+
+    def weights_file(self, trial_id: str) -> Path:
+        return Path(self.get_trial_dir(trial_id)) / TRIAL_WEIGHTS
+
+    def previous_round_weights(self, values: dict[str, Any]) -> Path | None:
+        """The weights a Hyperband trial continues from: those its trial of the previous round
+        ended with (Hyperband's `tuner/trial_id`), so a round trains only its extra epochs.
+
+        None for a first-round trial, and where that file is not on this machine (a worker of a
+        distributed search that did not run the earlier round): such a trial trains from scratch.
+        """
+        previous = values.get("tuner/trial_id")
+        if previous is None:
+            return None
+        path = self.weights_file(previous)
+        return path if path.is_file() else None
 
     def pre_create_trial(self) -> None:
         """On a worker, stop cleanly when the chief is gone instead of waiting an hour in gRPC."""
@@ -174,12 +200,6 @@ def chief_reachable(address: str, timeout: float = CHIEF_TIMEOUT_SECONDS) -> boo
         return False
     finally:
         channel.close()
-
-    def save_model(self, trial_id: str, model: Any, step: int = 0) -> None:
-        """Trial models are not kept: the best configuration is retrained on the full split."""
-
-    def load_model(self, trial: Any) -> None:
-        raise NotImplementedError("digitml retrains the best configuration instead")
 
 
 def progress_line(oracle: kt.Oracle, trial: kt.engine.trial.Trial, context: SearchContext) -> str:

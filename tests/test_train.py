@@ -113,3 +113,24 @@ def test_ensemble_saves_and_loads_as_a_plain_keras_model(ensemble_training, tmp_
     np.testing.assert_allclose(
         loaded.predict_on_batch(images), result.model.predict_on_batch(images), atol=1e-6
     )
+
+
+def test_training_starts_from_given_weights(tmp_path):
+    """What a Hyperband trial does with its previous round's network: start from its weights."""
+    config = load_config("fast", {"dataset": "digits", "epochs": 2})
+    splits = make_splits(load_digits(), config.val_fraction, config.seed)
+    weights = tmp_path / "first.weights.h5"
+    saver = keras.callbacks.ModelCheckpoint(str(weights), save_weights_only=True)
+    first = train_model(config, splits, [saver], progress="none")
+    # A rate of ~0 leaves the kernels where they started: the saved ones, not a new random start.
+    still = load_config(
+        "fast", {"dataset": "digits", "epochs": 1, "learning_rate": 1e-12, "seed": 7}
+    )
+    second = train_model(still, splits, progress="none", initial_weights=weights)
+    for before, after in zip(first.model.layers, second.model.layers, strict=True):
+        if isinstance(before, keras.layers.Conv2D):
+            np.testing.assert_allclose(after.get_weights()[0], before.get_weights()[0], atol=1e-6)
+    accuracy = (
+        predict_probabilities(second.model, splits.val_images).argmax(axis=1) == splits.val_labels
+    ).mean()
+    assert accuracy > 0.8

@@ -73,6 +73,25 @@ def test_search_writes_trials_csv_and_prints_one_line_per_trial(tracking_uri, tm
     }
 
 
+def test_hyperband_rounds_continue_from_the_previous_rounds_weights(tracking_uri, tmp_path):
+    # max_epochs 2, factor 2: two 1-epoch trials, then the better one goes on for one more epoch.
+    search = write_search(tmp_path, max_trials=3)
+    search.write_text(
+        search.read_text().replace("tuner: random", "tuner: hyperband\nhyperband_factor: 2")
+    )
+    result = run_cli("tune", "--config", str(search), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = {run.data.tags["digitml.trial_id"]: run for run in runs_by_kind("trial")}
+    (second_round,) = [run for run in trials.values() if "tuner.trial_id" in run.data.params]
+    assert second_round.data.params["tuner.initial_epoch"] == "1"
+    history = mlflow.MlflowClient().get_metric_history(second_round.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1]  # only the extra epoch, numbered as the trial's second
+    previous = second_round.data.params["tuner.trial_id"]
+    assert (
+        tmp_path / "tuning" / "tune-test" / "search" / f"trial_{previous}" / "weights.weights.h5"
+    ).is_file()
+
+
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tracking_uri, tmp_path):
     # Plain SGD at a rate of 1e8 diverges to NaN: those trials must fail, the others finish.
     search = write_search(tmp_path, max_trials=4, rates="[100000000.0, 0.01]", optimizers="[sgd]")
