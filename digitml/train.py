@@ -175,11 +175,8 @@ def train_model(
 
 def build_network(config: TrainConfig) -> keras.Model:
     """The configured architecture, or `members` copies of it side by side (an ensemble)."""
-    if config.members == 1:
-        return build_model(config.model, config.model_params)
-    return side_by_side(
-        [build_model(config.model, config.model_params) for _ in range(config.members)]
-    )
+    networks = [build_model(config.model, config.model_params) for _ in range(config.members)]
+    return networks[0] if config.members == 1 else side_by_side(networks)
 
 
 def training_objective(members: int) -> tuple[Any, Any]:
