@@ -58,6 +58,7 @@ class TrainConfig:
     model: str = "baseline"
     model_params: dict[str, Any] = field(default_factory=dict)
     members: int = 1  # more than 1: an ensemble of that many copies, trained side by side
+    label_smoothing: float = 0.0  # cross-entropy target: 1 - s on the label, s over all classes
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adam"
@@ -164,6 +165,7 @@ def validate(config: TrainConfig) -> None:
     _check_type(config, "learning_rate", (int, float), minimum=0, exclusive=True)
     if config.limit is not None:
         _check_type(config, "limit", int, minimum=20)
+    _check_fraction("label_smoothing", config.label_smoothing)
     if not 0 < config.val_fraction < 1:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
     _check_choice("model", config.model, MODEL_NAMES)
@@ -172,9 +174,7 @@ def validate(config: TrainConfig) -> None:
     _check_choice("schedule", config.schedule, SCHEDULES)
     _check_choice("precision", config.precision, PRECISIONS)
     for name in ("rotation", "translation", "zoom"):
-        strength = getattr(config.augmentation, name)
-        if not isinstance(strength, (int, float)) or not 0 <= strength < 1:
-            raise ConfigError(f"augmentation.{name} must be in [0, 1), got {strength!r}")
+        _check_fraction(f"augmentation.{name}", getattr(config.augmentation, name))
     if config.schedule != "constant" and config.reduce_lr is not None:
         raise ConfigError("reduce_lr needs schedule: constant (a schedule already sets the rate)")
     try:
@@ -192,6 +192,11 @@ def _check_type(
     if value < minimum or (exclusive and value == minimum):
         bound = f"greater than {minimum}" if exclusive else f"at least {minimum}"
         raise ConfigError(f"{key} must be {bound}, got {value}")
+
+
+def _check_fraction(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:

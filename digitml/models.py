@@ -187,7 +187,7 @@ def build_model(name: str, params: dict[str, Any] | None = None) -> keras.Model:
 def side_by_side(members: Sequence[keras.Model]) -> keras.Model:
     """An ensemble for training: the members, each from its own random start, see the same batches;
     the output stacks their probabilities, shape (batch, members, 10), so each member has its own
-    loss (`train.members_crossentropy`). `averaged` turns it into the model that is served."""
+    loss (`train.Crossentropy`). `averaged` turns it into the model that is served."""
     inputs = keras.Input(INPUT_SHAPE)
     stacked = []
     for index, member in enumerate(members):

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from digitml.config import AugmentationConfig, TrainConfig
 from digitml.data import Splits
-from digitml.models import averaged, build_model, side_by_side
+from digitml.models import NUM_CLASSES, averaged, build_model, side_by_side
 from digitml.precision import dtype_policy, float32_model, resolve_precision
 
 ONECYCLE_WARMUP_FRACTION = 0.3
@@ -148,7 +148,7 @@ def train_model(
         model = build_network(config)
     if initial_weights is not None:
         model.load_weights(initial_weights)
-    loss, accuracy = training_objective(config.members)
+    loss, accuracy = training_objective(config.members, config.label_smoothing)
     model.compile(
         optimizer=make_optimizer(config, len(splits.train_labels)), loss=loss, metrics=[accuracy]
     )
@@ -179,23 +179,43 @@ def build_network(config: TrainConfig) -> keras.Model:
     return networks[0] if config.members == 1 else side_by_side(networks)
 
 
-def training_objective(members: int) -> tuple[Any, Any]:
-    """(loss, accuracy metric): Keras' own for one network; for an ensemble, one loss per member
-    and the accuracy of the averaged prediction."""
+def training_objective(members: int, label_smoothing: float) -> tuple[Any, Any]:
+    """(loss, accuracy metric): the accuracy of the one network, or of an ensemble's averaged
+    prediction."""
     if members == 1:
-        return "sparse_categorical_crossentropy", "accuracy"
-    return members_crossentropy, keras.metrics.MeanMetricWrapper(averaged_accuracy, name="accuracy")
+        return Crossentropy(label_smoothing), "accuracy"
+    averaged = keras.metrics.MeanMetricWrapper(averaged_accuracy, name="accuracy")
+    return Crossentropy(label_smoothing), averaged
 
 
-def members_crossentropy(labels: Any, member_probabilities: Any) -> Any:
-    """Each ensemble member's own cross-entropy, averaged: the members learn independently (a
-    loss on their averaged output would let them lean on each other)."""
-    labels = keras.ops.broadcast_to(
-        keras.ops.expand_dims(keras.ops.cast(labels, "int32"), 1),
-        keras.ops.shape(member_probabilities)[:2],
-    )
-    losses = keras.losses.sparse_categorical_crossentropy(labels, member_probabilities)
-    return keras.ops.mean(losses, axis=1)
+@keras.saving.register_keras_serializable(package="digitml")
+class Crossentropy(keras.losses.Loss):
+    """Cross-entropy on integer labels, with label smoothing (Keras' sparse loss has none): the
+    target is 1 - s on the label and s spread over all ten classes.
+
+    For an ensemble's stacked output (batch, members, 10) each member has its own loss, averaged:
+    the members learn independently (a loss on their averaged output would let them lean on each
+    other).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "crossentropy", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, labels: Any, probabilities: Any) -> Any:
+        targets = keras.ops.one_hot(
+            keras.ops.cast(keras.ops.reshape(labels, (-1,)), "int32"), NUM_CLASSES
+        )
+        if len(probabilities.shape) == 3:  # (batch, members, classes)
+            targets = keras.ops.broadcast_to(
+                keras.ops.expand_dims(targets, 1), keras.ops.shape(probabilities)
+            )
+        return keras.losses.categorical_crossentropy(
+            targets, probabilities, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 def averaged_accuracy(labels: Any, member_probabilities: Any) -> Any:

@@ -83,6 +83,9 @@ def test_unknown_nested_key_is_named(tmp_path):
         ({"dataset": "cifar"}, "dataset"),
         ({"precision": "float16"}, "precision"),
         ({"limit": 5}, "limit"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"label_smoothing": -0.1}, "label_smoothing"),
+        ({"label_smoothing": True}, "label_smoothing"),
         ({"model_params": {"heads": 4}}, "heads"),
     ],
 )
