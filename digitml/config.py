@@ -219,6 +219,9 @@ class TuneConfig:
     max_trials: int = 10
     epochs: int = 4
     hyperband_factor: int = 3
+    # A trial Hyperband promotes starts from the weights its previous round ended with and trains
+    # only the extra epochs (Keras Tuner's way); false: it trains all its epochs from a new start.
+    hyperband_continue: bool = True
     best_epochs: int | None = None
     dataset: str = "mnist"
     data_dir: str | None = None
@@ -254,6 +257,10 @@ def validate_tune(config: TuneConfig) -> None:
     for key in ("max_trials", "epochs"):
         _check_type(config, key, int, minimum=1)
     _check_type(config, "hyperband_factor", int, minimum=2)
+    if not isinstance(config.hyperband_continue, bool):
+        raise ConfigError(
+            f"hyperband_continue must be true or false, got {config.hyperband_continue!r}"
+        )
     if config.best_epochs is not None:
         _check_type(config, "best_epochs", int, minimum=1)
     if config.limit is not None:

@@ -106,6 +106,9 @@ class SearchContext:
     experiment_id: str
     started: float
     oracle_address: str | None = None  # set on workers of a distributed search
+    # Trials that had ended before this process started (a resumed search): the time left is
+    # estimated from the pace of this process's own trials.
+    ended_at_start: int = 0
 
 
 class TuningStateError(RuntimeError):
@@ -129,6 +132,8 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
             overwrite=False,
             **kwargs,
         )
+        if context.oracle_address is None:  # a worker sees the oracle only through the chief
+            context.ended_at_start = ended_trials(self.oracle)
 
     def run_trial(self, trial: kt.engine.trial.Trial, **_: Any) -> dict[str, float]:
         values = trial.hyperparameters.values
@@ -169,11 +174,12 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
         """The weights a Hyperband trial continues from: those its trial of the previous round
         ended with (Hyperband's `tuner/trial_id`), so a round trains only its extra epochs.
 
-        None for a first-round trial, and where that file is not on this machine (a worker of a
-        distributed search that did not run the earlier round): such a trial trains from scratch.
+        None for a first-round trial, with `hyperband_continue: false`, and where that file is not
+        on this machine (a worker of a distributed search that did not run the earlier round):
+        such a trial trains from scratch.
         """
         previous = values.get("tuner/trial_id")
-        if previous is None:
+        if previous is None or not self.context.tune.hyperband_continue:
             return None
         path = self.weights_file(previous)
         return path if path.is_file() else None
@@ -215,8 +221,9 @@ def progress_line(oracle: kt.Oracle, trial: kt.engine.trial.Trial, context: Sear
     if context.oracle_address:
         counter, left = f"trial {trial.trial_id} of {total}", ""
     else:
-        done = sum(1 for t in oracle.trials.values() if t.status in ENDED_STATUSES)
-        remaining = elapsed / max(done, 1) * max(total - done, 0)
+        done = ended_trials(oracle)
+        epochs = trial_epochs(oracle, context.tune)
+        remaining = seconds_left(elapsed, epochs, context.ended_at_start, done)
         counter, left = f"trial {done}/{total}", f"  left ~{_clock(remaining)}"
     trial = oracle.get_trial(trial.trial_id)
     values = " ".join(
@@ -229,6 +236,34 @@ def progress_line(oracle: kt.Oracle, trial: kt.engine.trial.Trial, context: Sear
         f"{counter}  {values}  {OBJECTIVE} {score}  best {best_score}  "
         f"elapsed {_clock(elapsed)}{left}"
     )
+
+
+def ended_trials(oracle: kt.Oracle) -> int:
+    return sum(1 for trial in oracle.trials.values() if trial.status in ENDED_STATUSES)
+
+
+def seconds_left(elapsed: float, epochs: list[int], ended_at_start: int, ended: int) -> float:
+    """This process's seconds per epoch so far times the epochs of the trials still to run."""
+    seconds_per_epoch = elapsed / max(sum(epochs[ended_at_start:ended]), 1)
+    return seconds_per_epoch * sum(epochs[ended:])
+
+
+def trial_epochs(oracle: kt.Oracle, config: TuneConfig) -> list[int]:
+    """The epochs each of the search's trials trains, in the order they run: what the time left
+    is estimated from. Hyperband's later rounds train longer: its brackets, from the most
+    aggressive, and their rounds (sizes and epochs from the oracle's own schedule), where a
+    continuing trial trains only its extra epochs."""
+    if not isinstance(oracle, kt.oracles.HyperbandOracle):
+        return [config.epochs] * config.max_trials
+    epochs: list[int] = []
+    while len(epochs) < config.max_trials:
+        for bracket in reversed(range(oracle._get_num_brackets())):
+            trained = 0
+            for round_num in range(oracle._get_num_rounds(bracket)):
+                round_epochs = oracle._get_epochs(bracket, round_num)
+                epochs += [round_epochs - trained] * oracle._get_size(bracket, round_num)
+                trained = round_epochs if config.hyperband_continue else 0
+    return epochs[: config.max_trials]
 
 
 def _short(value: Any) -> str:

@@ -73,19 +73,25 @@ def test_search_writes_trials_csv_and_prints_one_line_per_trial(tracking_uri, tm
     }
 
 
-def test_hyperband_rounds_continue_from_the_previous_rounds_weights(tracking_uri, tmp_path):
-    # max_epochs 2, factor 2: two 1-epoch trials, then the better one goes on for one more epoch.
+@pytest.mark.parametrize("continuing", [True, False])
+def test_hyperband_rounds_continue_from_the_previous_rounds_weights(
+    tracking_uri, tmp_path, continuing
+):
+    # max_epochs 2, factor 2: two 1-epoch trials, then the better one goes on for one more epoch
+    # (continuing), or trains both epochs again from a new start.
     search = write_search(tmp_path, max_trials=3)
-    search.write_text(
-        search.read_text().replace("tuner: random", "tuner: hyperband\nhyperband_factor: 2")
+    hyperband = (
+        f"tuner: hyperband\nhyperband_factor: 2\nhyperband_continue: {str(continuing).lower()}"
     )
+    search.write_text(search.read_text().replace("tuner: random", hyperband))
     result = run_cli("tune", "--config", str(search), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = {run.data.tags["digitml.trial_id"]: run for run in runs_by_kind("trial")}
     (second_round,) = [run for run in trials.values() if "tuner.trial_id" in run.data.params]
     assert second_round.data.params["tuner.initial_epoch"] == "1"
     history = mlflow.MlflowClient().get_metric_history(second_round.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == [1]  # only the extra epoch, numbered as the trial's second
+    # Continuing: only the extra epoch, numbered as the trial's second.
+    assert [m.step for m in history] == ([1] if continuing else [0, 1])
     previous = second_round.data.params["tuner.trial_id"]
     assert (
         tmp_path / "tuning" / "tune-test" / "search" / f"trial_{previous}" / "weights.weights.h5"
@@ -150,3 +156,37 @@ def test_shipped_search_files_are_valid(name):
     from digitml.config import load_tune_config
 
     assert load_tune_config(REPO_ROOT / "experiments" / f"{name}.yaml").search_space
+
+
+def test_time_left_counts_the_epochs_of_hyperbands_longer_rounds():
+    """Hyperband: 12 trials of 2 epochs, 4 continue for 4 more, 2 for 12 more (or train 6 and 18
+    from a new start); a second bracket starts where max_trials asks for more. Other tuners train
+    `epochs` per trial."""
+    from digitml.config import load_tune_config
+    from digitml.tune import make_oracle, trial_epochs
+
+    shipped = load_tune_config(REPO_ROOT / "experiments" / "tune.yaml")
+    assert trial_epochs(make_oracle(shipped), shipped) == [2] * 12 + [4] * 4 + [12] * 2
+    longer = load_tune_config(REPO_ROOT / "experiments" / "tune.yaml", {"max_trials": 21})
+    assert trial_epochs(make_oracle(longer), longer)[18:] == [6] * 3  # 18 / 3: next bracket
+    anew = load_tune_config(REPO_ROOT / "experiments" / "tune.yaml", {"hyperband_continue": False})
+    assert trial_epochs(make_oracle(anew), anew) == [2] * 12 + [6] * 4 + [18] * 2
+    random = load_tune_config(REPO_ROOT / "experiments" / "tune.yaml", {"tuner": "random"})
+    assert trial_epochs(make_oracle(random), random) == [18] * 18
+
+
+def test_time_left_is_paced_by_this_processs_own_trials():
+    from digitml.tune import seconds_left
+
+    epochs = [2, 2, 4, 12]
+    assert seconds_left(60.0, epochs, ended_at_start=0, ended=2) == 60 / 4 * 16
+    # Resumed after two trials: 60 s for the third trial's 4 epochs, 12 epochs to go.
+    assert seconds_left(60.0, epochs, ended_at_start=2, ended=3) == 60 / 4 * 12
+    assert seconds_left(60.0, epochs, ended_at_start=0, ended=4) == 0
+
+
+def test_hyperband_continue_must_be_a_boolean():
+    from digitml.config import ConfigError, load_tune_config
+
+    with pytest.raises(ConfigError, match="hyperband_continue"):
+        load_tune_config(REPO_ROOT / "experiments" / "tune.yaml", {"hyperband_continue": "yes"})
