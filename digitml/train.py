@@ -183,9 +183,10 @@ def training_objective(members: int, label_smoothing: float) -> tuple[Any, Any]:
     """(loss, accuracy metric): the accuracy of the one network, or of an ensemble's averaged
     prediction."""
     if members == 1:
-        return Crossentropy(label_smoothing), "accuracy"
-    averaged = keras.metrics.MeanMetricWrapper(averaged_accuracy, name="accuracy")
-    return Crossentropy(label_smoothing), averaged
+        accuracy = "accuracy"
+    else:
+        accuracy = keras.metrics.MeanMetricWrapper(averaged_accuracy, name="accuracy")
+    return Crossentropy(label_smoothing), accuracy
 
 
 @keras.saving.register_keras_serializable(package="digitml")
