@@ -23,6 +23,14 @@ def test_tuned_model_has_the_reference_architecture():
     assert filters == [128, 192]
 
 
+def test_stem_net_searches_the_widths_after_its_fixed_full_resolution_pair():
+    model = build_model("stem", {"conv1_filters": 96, "conv2_filters": 192})
+    filters = [layer.filters for layer in model.layers if hasattr(layer, "filters")]
+    assert filters == [32, 32, 96, 192]
+    sizes = [layer.output.shape[1] for layer in model.layers if hasattr(layer, "filters")]
+    assert sizes == [28, 28, 14, 7]
+
+
 def test_model_params_override_the_registered_defaults():
     small = build_model("tuned", {"conv1_filters": 16, "conv2_filters": 16, "dense_units": 16})
     assert small.count_params() < build_model("tuned").count_params()

@@ -152,10 +152,18 @@ def test_bad_search_space_is_a_usage_error(tracking_uri, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["tune", "tune-reference"])
-def test_shipped_search_files_are_valid(name):
+def test_shipped_search_files_build_their_networks_at_the_widest_point(name):
+    """Every searched name lands on the base recipe: its largest values build the base network."""
     from digitml.config import load_tune_config
+    from digitml.models import build_model
+    from digitml.tune import _prepare, search_space, trial_config
 
-    assert load_tune_config(REPO_ROOT / "experiments" / f"{name}.yaml").search_space
+    search = load_tune_config(REPO_ROOT / "experiments" / f"{name}.yaml", {"dataset": "digits"})
+    base, _, _ = _prepare(search)
+    space = search_space(search.search_space)
+    widest = {hp.name: getattr(hp, "max_value", None) or hp.values[-1] for hp in space.space}
+    config = trial_config(base, widest, epochs=1)
+    assert build_model(config.model, config.model_params).count_params() > 0
 
 
 def test_time_left_counts_the_epochs_of_hyperbands_longer_rounds():
