@@ -330,6 +330,14 @@ def run_search(
 
 def _prepare(config: TuneConfig) -> tuple[TrainConfig, DigitData, Splits]:
     """The base recipe with the search's settings, its data and the seeded splits."""
+    base = base_recipe(config)
+    data = load_dataset(config.dataset, config.data_dir)
+    return base, data, make_splits(data, base.val_fraction, base.seed, base.limit)
+
+
+def base_recipe(config: TuneConfig) -> TrainConfig:
+    """The recipe every trial starts from: `base_config` with the search's settings and its
+    `base_overrides`."""
     base = load_config(
         config.base_config,
         {
@@ -341,11 +349,9 @@ def _prepare(config: TuneConfig) -> tuple[TrainConfig, DigitData, Splits]:
         },
     )
     # Applied on the resolved config, so `reduce_lr: null` switches a callback off.
-    base = config_from_dict(
+    return config_from_dict(
         {**dataclasses.asdict(base), **config.base_overrides}, source="base_overrides"
     )
-    data = load_dataset(config.dataset, config.data_dir)
-    return base, data, make_splits(data, base.val_fraction, base.seed, base.limit)
 
 
 def run_worker(

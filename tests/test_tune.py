@@ -156,10 +156,10 @@ def test_shipped_search_files_build_their_networks_at_the_widest_point(name):
     """Every searched name lands on the base recipe: its largest values build the base network."""
     from digitml.config import load_tune_config
     from digitml.models import build_model
-    from digitml.tune import _prepare, search_space, trial_config
+    from digitml.tune import base_recipe, search_space, trial_config
 
-    search = load_tune_config(REPO_ROOT / "experiments" / f"{name}.yaml", {"dataset": "digits"})
-    base, _, _ = _prepare(search)
+    search = load_tune_config(REPO_ROOT / "experiments" / f"{name}.yaml")
+    base = base_recipe(search)
     space = search_space(search.search_space)
     widest = {hp.name: getattr(hp, "max_value", None) or hp.values[-1] for hp in space.space}
     config = trial_config(base, widest, epochs=1)
