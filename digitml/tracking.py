@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import subprocess
 import time
@@ -30,6 +31,9 @@ PYFUNC_MODEL_NAME = "model"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
 CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# The distributions the served model imports (pyfunc.py, imaging.py) and TensorFlow, Keras' backend.
+SERVED_DISTRIBUTIONS = ("mlflow", "keras", "tensorflow", "numpy", "pandas", "pillow")
+KERAS_MODEL_DISTRIBUTIONS = ("mlflow", "keras", "tensorflow")
 ORACLE_TAG = "digitml.oracle"
 
 
@@ -218,6 +222,15 @@ def log_training_summary(model: keras.Model, run_id: str, seconds: float) -> Non
     mlflow.log_text("\n".join(summary), "model_summary.txt")
 
 
+def pinned_requirements(distributions: tuple[str, ...]) -> list[str]:
+    """`name==version` of each installed distribution.
+
+    Given explicitly, so MLflow does not infer them: inference reloads the model in two
+    subprocesses (~21 s per model) and pins `digitml`, which no package index has.
+    """
+    return [f"{name}=={importlib.metadata.version(name)}" for name in distributions]
+
+
 def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -> None:
     """The native Keras model (`keras_model`) and the pyfunc digit classifier (`model`)."""
     example_probabilities = np.asarray(model.predict_on_batch(example_images))
@@ -225,6 +238,7 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
         model,
         name=KERAS_MODEL_NAME,
         signature=infer_signature(example_images, example_probabilities),
+        pip_requirements=pinned_requirements(KERAS_MODEL_DISTRIBUTIONS),
     )
     keras_file = work_dir / "digit_model.keras"
     model.save(keras_file)
@@ -233,6 +247,7 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
         python_model=str(PYFUNC_CODE),
         artifacts={"keras_model": str(keras_file)},
         code_paths=[str(PACKAGE_DIR)],
+        pip_requirements=pinned_requirements(SERVED_DISTRIBUTIONS),
         # No signature on purpose: MLflow's schema check would silently drop unknown columns,
         # and every input error must reach DigitClassifier.predict to get its own message.
     )
