@@ -20,9 +20,12 @@ def resolve_precision(precision: str) -> str:
     """
     if precision != "auto":
         return precision
-    if tf.config.list_physical_devices("GPU"):
-        return "float32"
-    return "mixed_bfloat16" if cpu_flags() & BFLOAT16_CPU_FLAGS else "float32"
+    return auto_precision(cpu_flags(), gpu=bool(tf.config.list_physical_devices("GPU")))
+
+
+def auto_precision(cpu_flags: set[str], gpu: bool) -> str:
+    """What "auto" means on a machine with these CPU flags, with or without a GPU."""
+    return "mixed_bfloat16" if not gpu and cpu_flags & BFLOAT16_CPU_FLAGS else "float32"
 
 
 def cpu_flags() -> set[str]:
