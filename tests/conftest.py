@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import IO
 
 import mlflow
 import pytest
+from click.testing import CliRunner, Result
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Absolute, since tests change directory and pass the environment on to subprocesses.
@@ -18,6 +28,26 @@ MNIST_DIR = Path(
 ).resolve()
 os.environ["DIGITML_DATA_DIR"] = str(MNIST_DIR)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# The modules that take longest (real processes, searches, full test-set evaluations), slowest
+# first: xdist hands out whole modules in collection order, so these start at once and the
+# workers finish together. Only the run time depends on this list.
+LONGEST_MODULES = (
+    "test_tune_distributed.py",
+    "test_registry.py",
+    "test_tune.py",
+    "test_mlproject.py",
+    "test_cli.py",
+    "test_train.py",
+    "test_resume.py",
+    "test_app.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def require_mnist() -> Path:
@@ -33,15 +63,58 @@ def no_inherited_experiment(monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
 
 
-@pytest.fixture
-def tracking_uri(tmp_path, monkeypatch) -> str:
-    """A fresh SQLite tracking store (artifacts beside it) for one test, also seen by subprocesses."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
+RUN_OUTPUTS = ("mlflow.db", "mlruns", "checkpoints", "tuning")  # what digitml writes in its cwd
+
+
+@pytest.fixture(autouse=True)
+def checkout_stays_clean():
+    """Each test leaves the checkout as it found it: stores, artifacts, checkpoints and tuning
+    state belong in temp dirs."""
+    before = {name for name in RUN_OUTPUTS if (REPO_ROOT / name).exists()}
+    yield
+    added = {name for name in RUN_OUTPUTS if (REPO_ROOT / name).exists()} - before
+    assert not added, f"the test wrote {sorted(added)} into {REPO_ROOT}"
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An SQLite tracking database migrated once per session (a new one runs ~70 migrations,
+    about 3 s): the schema only, no experiment, so each copy makes its own Default experiment
+    with its artifacts beside it, as a new store does."""
+    folder = tmp_path_factory.mktemp("empty-store")
+    with tracking_at(f"sqlite:///{folder / 'mlflow.db'}", folder):
+        mlflow.search_experiments()
+    with sqlite3.connect(folder / "mlflow.db") as database:
+        database.execute("DELETE FROM experiments")
+    return folder / "mlflow.db"
+
+
+def new_store(empty_store: Path, folder: Path) -> str:
+    """A real SQLite store at `folder`/mlflow.db, copied from the migrated empty one; its URI."""
+    shutil.copy(empty_store, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def tracking_at(uri: str, folder: Path) -> Iterator[str]:
+    """Track to `uri` from `folder` (artifacts go to its ./mlruns), for this process only."""
+    previous = os.getcwd()
+    os.chdir(folder)
     mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(None)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.chdir(previous)
+
+
+@pytest.fixture
+def tracking_uri(empty_store, tmp_path, monkeypatch) -> Iterator[str]:
+    """A new SQLite tracking store (artifacts beside it) for one test, also seen by subprocesses."""
+    uri = new_store(empty_store, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with tracking_at(uri, tmp_path):
+        yield uri
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
@@ -57,6 +130,32 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
     )
 
 
+def invoke_cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """`digitml ...` inside this process, through click's CliRunner: for checks of options and
+    messages that need no fresh interpreter. An unexpected exception fails the test with its
+    traceback; the SIGTERM handler and the environment variables a command sets are undone."""
+    from digitml.cli import cli
+
+    handler, environment = signal.getsignal(signal.SIGTERM), dict(os.environ)
+    try:
+        return CliRunner().invoke(
+            cli, list(args), env=env, catch_exceptions=False, prog_name="digitml"
+        )
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        os.environ.clear()
+        os.environ.update(environment)
+
+
+def run_cli_in_new_store(empty_store: Path, folder: Path, *args: str) -> SimpleNamespace:
+    """`digitml ARGS` run once as a user runs it, in a new store at `folder`, expected to succeed:
+    `uri`, `folder` and `result` (the CompletedProcess)."""
+    uri = new_store(empty_store, folder)
+    result = run_cli(*args, cwd=folder, env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return SimpleNamespace(uri=uri, folder=folder, result=result)
+
+
 def all_runs(experiment: str = "digitml"):
     """Every run of an experiment in the current store (empty when the experiment does not exist)."""
     found = mlflow.get_experiment_by_name(experiment)
@@ -66,7 +165,7 @@ def all_runs(experiment: str = "digitml"):
 
 
 @pytest.fixture(scope="session")
-def mnist_model(tmp_path_factory):
+def mnist_model(empty_store, tmp_path_factory):
     """One real model trained on 20,000 MNIST images (fast recipe), logged in its own store.
 
     Yields (tracking_uri, run_id, local path of the pyfunc `model`).
@@ -74,20 +173,13 @@ def mnist_model(tmp_path_factory):
     from digitml.config import load_config
     from digitml.experiment import run_training
 
-    store = tmp_path_factory.mktemp("model-store")
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    previous_dir = os.getcwd()
-    os.chdir(store)  # artifacts go to ./mlruns beside the database
-    mlflow.set_tracking_uri(uri)
-    try:
+    folder = tmp_path_factory.mktemp("model-store")
+    with tracking_at(new_store(empty_store, folder), folder) as uri:
         config = load_config(
             "fast", {"limit": 20_000, "data_dir": str(require_mnist()), "experiment": "model"}
         )
-        run_id = run_training(config, checkpoint_root=store / "checkpoints").run_id
+        run_id = run_training(config, checkpoint_root=folder / "checkpoints").run_id
         model_path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
-    finally:
-        mlflow.set_tracking_uri(None)
-        os.chdir(previous_dir)
     return uri, run_id, model_path
 
 
@@ -106,52 +198,112 @@ def registered_model(mnist_model):
     return uri
 
 
-def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `digitml ...` in the background; stdout and stderr are text pipes."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "digitml.cli", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+READ_TIMEOUT = 300  # seconds a test waits for an awaited line before it fails
 
 
-def start_slow_training(cwd: Path, epochs: int, experiment: str) -> subprocess.Popen:
-    """A training of a few seconds per epoch (the ResNet on digits), to interrupt on purpose."""
-    return start_cli(
+class CliProcess:
+    """`digitml ...` running in the background. Threads read its stdout and stderr as they come,
+    so a full pipe never blocks it, and every wait has a deadline, so a stuck child fails one
+    test instead of hanging the suite."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "digitml.cli", *args],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._stdout: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=_pump, args=(self.process.stdout, self._stdout.put)),
+            threading.Thread(target=_pump, args=(self.process.stderr, self._stderr.append)),
+        ]
+        for reader in self._readers:
+            reader.daemon = True
+            reader.start()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    @property
+    def stderr(self) -> str:
+        """What the process wrote to stderr so far."""
+        return "".join(line for line in self._stderr if line is not None)
+
+    def read_until(self, prefix: str, timeout: float = READ_TIMEOUT) -> list[str]:
+        """The stdout lines up to and including the first that starts with `prefix`."""
+        deadline = time.monotonic() + timeout
+        lines: list[str] = []
+        while True:
+            try:
+                line = self._stdout.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.process.kill()
+                raise AssertionError(
+                    f"no line starting with {prefix!r} within {timeout:.0f} s: "
+                    f"{''.join(lines)[-1000:]}{self.stderr[-2000:]}"
+                ) from None
+            if line is None:
+                self.finish()
+                raise AssertionError(
+                    f"the process ended before printing {prefix!r}: {self.stderr[-2000:]}"
+                )
+            lines.append(line)
+            if line.startswith(prefix):
+                return lines
+
+    def finish(self, timeout: float = READ_TIMEOUT) -> str:
+        """Wait for the end (killing the process after `timeout`); the stdout not read yet."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(
+                f"still running after {timeout:.0f} s: {self.stderr[-2000:]}"
+            ) from None
+        finally:
+            for reader in self._readers:
+                reader.join(timeout=10)
+        rest = []
+        while not self._stdout.empty():
+            rest.append(self._stdout.get_nowait() or "")
+        return "".join(rest)
+
+    def kill_at(self, prefix: str, signum: int = signal.SIGKILL) -> list[str]:
+        """Send `signum` once a stdout line starts with `prefix`; wait for the end; the lines."""
+        try:
+            lines = self.read_until(prefix)
+            self.process.send_signal(signum)
+            self.finish(timeout=60)
+        finally:
+            self.process.kill()
+        return lines
+
+
+def _pump(pipe: IO[str], keep: Callable[[str | None], None]) -> None:
+    """Hand each line of `pipe` to `keep`, then None at its end."""
+    for line in pipe:
+        keep(line)
+    keep(None)
+
+
+def start_digits_training(cwd: Path, epochs: int, experiment: str) -> CliProcess:
+    """`digitml train` of the fast recipe's network on sklearn's digits, to interrupt on purpose:
+    about 0.6 s per epoch, and exactly `epochs` epochs (no early stopping) when left alone."""
+    return CliProcess(
         "train",
+        "--config",
+        "fast",
         "--dataset",
         "digits",
-        "--model",
-        "resnet",
         "--epochs",
         str(epochs),
         "--experiment",
         experiment,
         cwd=cwd,
     )
-
-
-def read_until(process: subprocess.Popen, prefix: str) -> list[str]:
-    """The stdout lines up to and including the first that starts with `prefix`."""
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith(prefix):
-            return lines
-    raise AssertionError(
-        f"the process ended before printing {prefix!r}: {process.stderr.read()[-2000:]}"
-    )
-
-
-def kill_at(process: subprocess.Popen, prefix: str, signum: int = signal.SIGKILL) -> list[str]:
-    """Send `signum` once a stdout line starts with `prefix`; wait for the end; return the lines."""
-    try:
-        lines = read_until(process, prefix)
-        process.send_signal(signum)
-        process.wait(timeout=60)
-    finally:
-        process.kill()
-    return lines

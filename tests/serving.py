@@ -90,9 +90,15 @@ class ModelServer:
             return error.code, error.read().decode()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
         self.log.unlink(missing_ok=True)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Ask a server to stop (SIGTERM); kill it if it is still running after `timeout` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from serving import free_port, wait_for_http
+from serving import free_port, stop_process, wait_for_http
 from test_app import drawn_seven
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,8 +27,7 @@ def app_url(registered_model, tmp_path):
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/_stcore/health", process, tmp_path / "app.log", timeout=90)
     yield url
-    process.terminate()
-    process.wait(timeout=30)
+    stop_process(process)
 
 
 @pytest.mark.skipif(

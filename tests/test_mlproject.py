@@ -6,10 +6,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO_ROOT, all_runs, require_mnist
 
 
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the project as `mlflow run` reads it (MLproject, conda.yaml, the package, the
+    recipes): the run's commands work in the project folder, which must not be the checkout."""
+    copy = tmp_path_factory.mktemp("project")
+    for name in ("MLproject", "conda.yaml"):
+        shutil.copy(REPO_ROOT / name, copy)
+    for name in ("digitml", "experiments"):
+        shutil.copytree(REPO_ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
 def mlflow_run(
+    project: Path,
     *params: str,
     cwd: Path,
     experiment: str | None = "mlproject-test",
@@ -19,7 +34,7 @@ def mlflow_run(
     command = [
         shutil.which("mlflow", path=venv_bin) or "mlflow",
         "run",
-        str(REPO_ROOT),
+        str(project),
         "-e",
         entry_point,
         "--env-manager",
@@ -35,20 +50,21 @@ def mlflow_run(
     )
 
 
-def test_mlflow_run_trains_on_a_slice_of_mnist(tracking_uri, tmp_path):
-    data_dir = require_mnist()
+def test_mlflow_run_trains_a_slice_of_mnist_in_the_run_mlflow_made(project, tracking_uri, tmp_path):
+    """Without --experiment-name, MLflow's launcher run is in Default and ours is its child."""
     result = mlflow_run(
+        project,
         "config=fast",
         "limit=300",
         "epochs=1",
-        f"data_dir={data_dir}",
-        "experiment=mlproject-test",
+        f"data_dir={require_mnist()}",
         cwd=tmp_path,
+        experiment=None,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    launcher, run = sorted(
-        all_runs("mlproject-test"), key=lambda run: "mlflow.parentRunId" in run.data.tags
-    )
+    runs = all_runs("Default")
+    assert len(runs) == 2
+    launcher, run = sorted(runs, key=lambda run: "mlflow.parentRunId" in run.data.tags)
     assert run.data.tags["mlflow.parentRunId"] == launcher.info.run_id
     assert launcher.info.status == run.info.status == "FINISHED"
     assert run.data.params["train_size"] == "270"
@@ -56,27 +72,20 @@ def test_mlflow_run_trains_on_a_slice_of_mnist(tracking_uri, tmp_path):
     assert "test_accuracy" in run.data.metrics
 
 
-def test_mlflow_run_without_experiment_name_uses_the_run_mlflow_made(tracking_uri, tmp_path):
-    result = mlflow_run("config=fast", "dataset=digits", "epochs=1", cwd=tmp_path, experiment=None)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = all_runs("Default")
-    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
-    assert any("test_accuracy" in run.data.metrics for run in runs)
-
-
-def test_mlflow_run_rejects_a_bad_int_parameter(tracking_uri, tmp_path):
-    result = mlflow_run("epochs=-2", "dataset=digits", cwd=tmp_path)
+def test_mlflow_run_rejects_a_bad_int_parameter(project, tracking_uri, tmp_path):
+    result = mlflow_run(project, "epochs=-2", "dataset=digits", cwd=tmp_path)
     assert result.returncode != 0
     assert "--epochs" in result.stderr
 
 
-def test_mlflow_run_tune_runs_a_tiny_search(tracking_uri, tmp_path):
+def test_mlflow_run_tune_runs_a_tiny_search(project, tracking_uri, tmp_path):
     search = tmp_path / "search.yaml"
     search.write_text(
         "base_config: fast\ntuner: random\nmax_trials: 2\nepochs: 1\nbest_epochs: 1\n"
         "search_space:\n  dense_units: {type: int, min: 16, max: 64, step: 16}\n"
     )
     result = mlflow_run(
+        project,
         f"config={search}",
         f"tuning_dir={tmp_path / 'tuning'}",
         "dataset=digits",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import require_mnist, run_cli
+from conftest import invoke_cli, require_mnist, run_cli
 from digitml.data import load_mnist_dir
 
 
@@ -25,21 +25,27 @@ def files(tmp_path_factory):
     return folder
 
 
-def test_predict_prints_file_digit_confidence(mnist_model, files):
+def test_predict_prints_file_digit_confidence(mnist_model, files, monkeypatch):
     _, _, model_path = mnist_model
-    result = run_cli("predict", "--model-uri", model_path, "seven.png", "two.jpg", cwd=files)
-    assert result.returncode == 0, result.stderr[-2000:]
+    monkeypatch.chdir(files)
+    result = invoke_cli("predict", "--model-uri", model_path, "seven.png", "two.jpg")
+    assert result.exit_code == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.strip().splitlines()]
     assert [(row[0], row[1]) for row in rows] == [("seven.png", "7"), ("two.jpg", "2")]
     assert all(0.5 < float(row[2]) <= 1.0 for row in rows)
 
 
-def test_predict_json_has_probabilities(mnist_model, files):
+def test_predict_json_has_probabilities(mnist_model, files, monkeypatch):
     _, _, model_path = mnist_model
-    result = run_cli("predict", "--model-uri", model_path, "--json", "seven.png", cwd=files)
-    record = json.loads(result.stdout.strip().splitlines()[-1])
+    monkeypatch.chdir(files)
+    result = invoke_cli("predict", "--model-uri", model_path, "--json", "seven.png")
+    assert result.exit_code == 0, result.stderr[-2000:]
+    (line,) = result.stdout.strip().splitlines()
+    record = json.loads(line)
     assert record["file"] == "seven.png" and record["digit"] == 7
     assert len(record["probabilities"]) == 10
+    assert sum(record["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert record["confidence"] == pytest.approx(max(record["probabilities"]))
 
 
 def test_unreadable_files_get_the_servers_messages_and_a_non_zero_exit(mnist_model, files):

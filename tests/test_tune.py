@@ -6,7 +6,14 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT, all_runs, kill_at, run_cli, start_cli
+from conftest import (
+    REPO_ROOT,
+    CliProcess,
+    all_runs,
+    invoke_cli,
+    run_cli_in_new_store,
+    tracking_at,
+)
 
 SMALL_SEARCH = """\
 base_config: fast
@@ -33,9 +40,21 @@ def runs_by_kind(kind):
     return [run for run in all_runs("tune-test") if run.data.tags.get("digitml.kind") == kind]
 
 
-def test_search_nests_one_child_run_per_trial_and_registers_the_best(tracking_uri, tmp_path):
-    result = run_cli("tune", "--config", str(write_search(tmp_path)), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.fixture(scope="module")
+def small_search(empty_store, tmp_path_factory):
+    """The small random search run once by `digitml tune`, in a store of its own."""
+    folder = tmp_path_factory.mktemp("small-search")
+    return run_cli_in_new_store(empty_store, folder, "tune", "--config", str(write_search(folder)))
+
+
+@pytest.fixture
+def searched(small_search):
+    """The small search's store, current for one test."""
+    with tracking_at(small_search.uri, small_search.folder):
+        yield small_search
+
+
+def test_search_nests_one_child_run_per_trial_and_registers_the_best(searched):
     (parent,) = runs_by_kind("tune")
     trials = runs_by_kind("trial")
     (best,) = runs_by_kind("best")
@@ -47,19 +66,34 @@ def test_search_nests_one_child_run_per_trial_and_registers_the_best(tracking_ur
         assert sorted(m.step for m in history) == [0, 1]
         assert {"loss", "accuracy", "val_loss", "learning_rate"} <= set(trial.data.metrics)
     assert parent.data.params["tuner"] == "random" and parent.data.params["max_trials"] == "3"
-    best_score = max(trial.data.metrics["val_accuracy"] for trial in trials)
-    assert parent.data.metrics["best_val_accuracy"] >= best_score - 1e-9
-    assert "best_dense_units" in parent.data.params
+    # A trial scores its best epoch; the best configuration is one of the top-scoring trials.
+    scores = {
+        trial.data.params["dense_units"]: max(
+            m.value
+            for m in mlflow.MlflowClient().get_metric_history(trial.info.run_id, "val_accuracy")
+        )
+        for trial in trials
+    }
+    top = max(scores.values())
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(top)
+    assert scores[parent.data.params["best_dense_units"]] == pytest.approx(top)
+    assert best.data.params["model_params.dense_units"] == parent.data.params["best_dense_units"]
     assert "test_accuracy" in best.data.metrics
     version = mlflow.MlflowClient().get_model_version_by_alias("digit-classifier", "challenger")
     assert version.run_id == best.info.run_id
 
 
-def test_search_writes_trials_csv_and_prints_one_line_per_trial(tracking_uri, tmp_path):
-    result = run_cli("tune", "--config", str(write_search(tmp_path)), cwd=tmp_path)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("trial ")]
+def test_search_prints_one_line_per_trial_and_the_registered_version(searched):
+    stdout = searched.result.stdout
+    lines = [line for line in stdout.splitlines() if line.startswith("trial ")]
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
     assert all("best" in line and "left" in line for line in lines)
+    (parent,) = runs_by_kind("tune")
+    assert f"search run_id: {parent.info.run_id}" in stdout
+    assert "registered: digit-classifier version 1 (alias challenger)" in stdout
+
+
+def test_search_writes_trials_csv_and_figure(searched):
     (parent,) = runs_by_kind("tune")
     table = pd.read_csv(
         io.StringIO(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/trials.csv"))
@@ -84,8 +118,8 @@ def test_hyperband_rounds_continue_from_the_previous_rounds_weights(
         f"tuner: hyperband\nhyperband_factor: 2\nhyperband_continue: {str(continuing).lower()}"
     )
     search.write_text(search.read_text().replace("tuner: random", hyperband))
-    result = run_cli("tune", "--config", str(search), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = invoke_cli("tune", "--config", str(search))
+    assert result.exit_code == 0, result.output[-3000:]
     trials = {run.data.tags["digitml.trial_id"]: run for run in runs_by_kind("trial")}
     (second_round,) = [run for run in trials.values() if "tuner.trial_id" in run.data.params]
     assert second_round.data.params["tuner.initial_epoch"] == "1"
@@ -101,8 +135,8 @@ def test_hyperband_rounds_continue_from_the_previous_rounds_weights(
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tracking_uri, tmp_path):
     # Plain SGD at a rate of 1e8 diverges to NaN: those trials must fail, the others finish.
     search = write_search(tmp_path, max_trials=4, rates="[100000000.0, 0.01]", optimizers="[sgd]")
-    result = run_cli("tune", "--config", str(search), "--tuner", "random", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = invoke_cli("tune", "--config", str(search), "--tuner", "random")
+    assert result.exit_code == 0, result.output[-3000:]
     statuses = sorted(run.info.status for run in runs_by_kind("trial"))
     assert len(statuses) == 4
     assert "FAILED" in statuses and "FINISHED" in statuses
@@ -115,15 +149,15 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tracking_uri, tmp_pa
 
 def test_killed_search_resumes_without_rerunning_or_duplicating(tracking_uri, tmp_path):
     search = write_search(tmp_path, max_trials=4)
-    kill_at(start_cli("tune", "--config", str(search), cwd=tmp_path), "trial 2/4")
+    CliProcess("tune", "--config", str(search), cwd=tmp_path).kill_at("trial 2/4")
     finished_before = {
         run.info.run_id for run in runs_by_kind("trial") if run.info.status == "FINISHED"
     }
     assert len(finished_before) == 2
 
-    result = run_cli("tune", "--config", str(search), cwd=tmp_path)
+    result = invoke_cli("tune", "--config", str(search))
 
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.output[-3000:]
     assert len(runs_by_kind("tune")) == 1
     trials = runs_by_kind("trial")
     assert len(trials) == 4
@@ -137,33 +171,58 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tracking_uri, tm
 def test_tuning_folder_of_another_store_is_refused(tracking_uri, tmp_path):
     (tmp_path / "tuning" / "tune-test").mkdir(parents=True)
     (tmp_path / "tuning" / "tune-test" / "mlflow_parent_run_id").write_text("0123456789abcdef")
-    result = run_cli("tune", "--config", str(write_search(tmp_path)), cwd=tmp_path)
-    assert result.returncode == 1
+    result = invoke_cli("tune", "--config", str(write_search(tmp_path)))
+    assert result.exit_code == 1
     assert "0123456789abcdef" in result.stderr and "--tuning-dir" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert all_runs("tune-test") == []
 
 
 def test_bad_search_space_is_a_usage_error(tracking_uri, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("search_space:\n  dense_units: {type: integer}\n")
-    result = run_cli("tune", "--config", str(path), "--dataset", "digits", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "search_space.dense_units" in result.stderr and "Traceback" not in result.stderr
+    result = invoke_cli("tune", "--config", str(path), "--dataset", "digits")
+    assert result.exit_code == 2
+    assert "search_space.dense_units: needs type" in result.stderr
 
 
 @pytest.mark.parametrize("name", ["tune", "tune-reference"])
 def test_shipped_search_files_build_their_networks_at_the_widest_point(name):
-    """Every searched name lands on the base recipe: its largest values build the base network."""
+    """Every searched name lands on the base recipe: a config field takes the value, a model
+    parameter shows in the built network's layers, and the widest point builds a larger network
+    than the narrowest."""
     from digitml.config import load_tune_config
     from digitml.models import build_model
     from digitml.tune import base_recipe, search_space, trial_config
 
     search = load_tune_config(REPO_ROOT / "experiments" / f"{name}.yaml")
     base = base_recipe(search)
-    space = search_space(search.search_space)
-    widest = {hp.name: getattr(hp, "max_value", None) or hp.values[-1] for hp in space.space}
-    config = trial_config(base, widest, epochs=1)
-    assert build_model(config.model, config.model_params).count_params() > 0
+    space = search_space(search.search_space).space
+
+    def point(end: str) -> dict:
+        return {
+            hp.name: getattr(hp, f"{end}_value")
+            if hasattr(hp, f"{end}_value")
+            else hp.values[0 if end == "min" else -1]
+            for hp in space
+        }
+
+    widest = trial_config(base, point("max"), epochs=1)
+    network = build_model(widest.model, widest.model_params)
+    layer_values = {
+        value
+        for layer in network.layers
+        for key, value in layer.get_config().items()
+        if key in ("filters", "units", "rate")
+    }
+    for hp_name, value in point("max").items():
+        if hp_name in widest.model_params:
+            assert widest.model_params[hp_name] == value and value in layer_values, hp_name
+        else:
+            assert getattr(widest, hp_name) == value, hp_name
+    narrowest = trial_config(base, point("min"), epochs=1)
+    assert (
+        network.count_params() > build_model(narrowest.model, narrowest.model_params).count_params()
+    )
 
 
 def test_time_left_counts_the_epochs_of_hyperbands_longer_rounds():

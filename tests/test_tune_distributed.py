@@ -7,9 +7,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from serving import free_port, wait_for_http
+from serving import free_port, stop_process, wait_for_http
 
-from conftest import start_cli
+from conftest import CliProcess, invoke_cli, new_store
 
 SEARCH = """\
 base_config: fast
@@ -25,7 +25,7 @@ search_space:
 
 
 @pytest.fixture
-def tracking_server(tmp_path, monkeypatch):
+def tracking_server(empty_store, tmp_path, monkeypatch):
     """`mlflow server` with a SQLite backend and served artifacts, on a free loopback port."""
     port = free_port()
     venv_bin = str(Path(sys.executable).parent)
@@ -34,7 +34,7 @@ def tracking_server(tmp_path, monkeypatch):
             shutil.which("mlflow", path=venv_bin) or "mlflow",
             "server",
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            new_store(empty_store, tmp_path),
             "--artifacts-destination",
             str(tmp_path / "artifacts"),
             "--host",
@@ -52,32 +52,32 @@ def tracking_server(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     yield uri
-    server.terminate()
-    server.wait(timeout=30)
+    stop_process(server)
     mlflow.set_tracking_uri(None)
 
 
-def start_tune(cwd, *args):
-    return start_cli("tune", "--config", "search.yaml", *args, cwd=cwd)
+def start_tune(cwd, *args) -> CliProcess:
+    return CliProcess("tune", "--config", "search.yaml", *args, cwd=cwd)
 
 
-def test_chief_and_two_workers_share_one_search(tracking_server, tmp_path):
+def test_chief_and_two_workers_share_one_search(tracking_server, tmp_path, monkeypatch):
     (tmp_path / "search.yaml").write_text(SEARCH)
     oracle = f"127.0.0.1:{free_port()}"
     chief = start_tune(tmp_path, "--role", "chief", "--oracle", oracle)
+    chief.read_until("oracle listening")  # as a user would: workers join a running search
     workers = [
         start_tune(tmp_path, "--role", "worker", "--oracle", oracle, "--worker-id", f"w{n}")
         for n in (1, 2)
     ]
     try:
-        outputs = [process.communicate(timeout=600) for process in [chief, *workers]]
+        outputs = [process.finish(timeout=600) for process in [chief, *workers]]
     finally:
         for process in [chief, *workers]:
-            process.kill()
+            process.process.kill()
     assert [process.returncode for process in [chief, *workers]] == [0, 0, 0], [
-        err[-2000:] for _, err in outputs
+        process.stderr[-2000:] for process in [chief, *workers]
     ]
-    for out, _ in outputs[1:]:
+    for out in outputs[1:]:
         assert "the search is complete" in out
 
     experiment = mlflow.get_experiment_by_name("distributed-test")
@@ -88,17 +88,25 @@ def test_chief_and_two_workers_share_one_search(tracking_server, tmp_path):
     assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {parent.info.run_id}
     assert all(run.info.status == "FINISHED" for run in trials)
     assert parent.info.status == "FINISHED" and "best_val_accuracy" in parent.data.metrics
-    worker_trials = sum(out.count(" of 4  ") for out, _ in outputs[1:])
+    assert parent.data.tags["digitml.oracle"] == oracle
+    worker_trials = sum(out.count(" of 4  ") for out in outputs[1:])
     assert worker_trials == 4
 
-    late = start_tune(tmp_path, "--role", "worker", "--oracle", oracle, "--worker-id", "late")
-    out, err = late.communicate(timeout=120)
-    assert late.returncode == 0, err[-2000:]
-    assert out.strip().splitlines()[-1].startswith("late: no search is running")
+    monkeypatch.chdir(tmp_path)
+    late = invoke_cli("tune", "--config", "search.yaml", "--role", "worker", "--oracle", oracle)
+    assert late.exit_code == 0, late.stderr[-2000:]
+    assert (
+        late.stdout.strip()
+        .splitlines()[-1]
+        .endswith(f"no search is running at {oracle} (experiment 'distributed-test')")
+    )
 
 
-def test_oracle_address_must_be_host_and_port(tmp_path):
+def test_oracle_address_must_be_host_and_port(tmp_path, monkeypatch):
     (tmp_path / "search.yaml").write_text(SEARCH)
-    process = start_tune(tmp_path, "--role", "chief", "--oracle", "localhost")
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 2 and "--oracle" in err and "Traceback" not in err
+    monkeypatch.chdir(tmp_path)
+    result = invoke_cli(
+        "tune", "--config", "search.yaml", "--role", "chief", "--oracle", "localhost"
+    )
+    assert result.exit_code == 2
+    assert "--oracle" in result.stderr and "expected HOST:PORT, got 'localhost'" in result.stderr
