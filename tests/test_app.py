@@ -1,6 +1,8 @@
 """The upload page driven by Streamlit's AppTest, with real images and a real registered model."""
 
+import dataclasses
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,10 @@ import pytest
 from PIL import Image, ImageDraw
 from serving import free_port
 from streamlit.testing.v1 import AppTest
+
+from conftest import require_mnist, tracking_at
+from digitml.data import load_mnist_dir
+from digitml.registry import register_run_model
 
 APP = str(Path(__file__).resolve().parent.parent / "digitml" / "app.py")
 RUN_TIMEOUT = 120
@@ -38,8 +44,29 @@ def page(registered_model, monkeypatch):
     return app.run()
 
 
+def drawn_mnist(digit: np.ndarray) -> bytes:
+    """An MNIST test digit drawn dark on a light 400x300 page."""
+    page = Image.new("L", (400, 300), 245)
+    page.paste(Image.fromarray(255 - digit).resize((224, 224)), (90, 40))
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mnist_digits():
+    """Three MNIST test digits of different classes (uint8) and their labels."""
+    data = load_mnist_dir(require_mnist())
+    images = np.round(data.test_images[:3, ..., 0] * 255).astype(np.uint8)
+    labels = data.test_labels[:3].tolist()
+    assert len(set(labels)) == 3
+    return images, labels
+
+
 def digits_shown(app) -> list[str]:
-    return [m.value for m in app.markdown if "font-size:96px" in m.value]
+    """The big digit of each result, in page order."""
+    shown = [m.value for m in app.markdown if "font-size:96px" in m.value]
+    return [re.search(r">(\d)<", value)[1] for value in shown]
 
 
 def test_page_names_the_model_and_its_accuracy(page):
@@ -56,19 +83,21 @@ def test_page_names_the_model_and_its_accuracy(page):
 def test_uploaded_image_shows_what_the_model_sees_and_the_digit(page):
     page.file_uploader[0].upload("seven.png", drawn_seven(), "image/png").run(timeout=RUN_TIMEOUT)
     assert not page.exception and not page.error
-    assert any(">7<" in value for value in digits_shown(page))
-    assert page.metric[0].label == "confidence"
-    assert len(page.get("imgs")) >= 1 or len(page.get("image")) >= 1
+    assert digits_shown(page) == ["7"]
+    assert page.metric[0].label == "confidence" and page.metric[0].value.endswith("%")
+    captions = [image.captions for image in page.get("image")]
+    assert captions == [["what you sent"], ["what the model sees (28×28)"]]
 
 
-def test_several_uploads_each_get_a_result(page):
-    uploader = page.file_uploader[0]
-    uploader.set_value(
-        [("a.png", drawn_seven(), "image/png"), ("b.png", drawn_seven(), "image/png")]
+def test_several_uploads_each_get_their_own_result(page, mnist_digits):
+    images, labels = mnist_digits
+    page.file_uploader[0].set_value(
+        [(f"{n}.png", drawn_mnist(image), "image/png") for n, image in enumerate(images)]
     )
     page.run(timeout=RUN_TIMEOUT)
-    assert [header.value for header in page.subheader] == ["a.png", "b.png"]
-    assert len(digits_shown(page)) == 2
+    assert not page.exception and not page.error
+    assert [header.value for header in page.subheader] == [f"{n}.png" for n in range(len(images))]
+    assert digits_shown(page) == [str(label) for label in labels]
 
 
 @pytest.mark.parametrize(
@@ -101,9 +130,32 @@ def test_unreachable_endpoint_is_reported_on_the_page(monkeypatch):
     assert "cannot be reached" in app.error[0].value
 
 
-def test_switching_version_keeps_predicting(page):
-    page.sidebar.selectbox[0].set_value("models:/digit-classifier/1").run(timeout=RUN_TIMEOUT)
-    page.file_uploader[0].upload("seven.png", drawn_seven(), "image/png").run(timeout=RUN_TIMEOUT)
+@pytest.fixture(scope="module")
+def shifted_version(mnist_model, registered_model):
+    """Version 2 of digit-classifier: the fast recipe trained on MNIST with every label moved
+    up by one (a 7 is taught as 8), so its answers differ from the champion's."""
+    from digitml.config import load_config
+    from digitml.experiment import run_training
+
+    folder = Path(registered_model.removeprefix("sqlite:///")).parent
+    with tracking_at(registered_model, folder):
+        data = load_mnist_dir(require_mnist())
+        shifted = dataclasses.replace(
+            data, train_labels=(data.train_labels + 1) % 10, test_labels=(data.test_labels + 1) % 10
+        )
+        config = load_config("fast", {"limit": 6000, "experiment": "model"})
+        run_id = run_training(config, data=shifted, checkpoint_root=folder / "checkpoints").run_id
+        version = register_run_model(run_id, "digit-classifier").version
+    return str(version)
+
+
+def test_switching_version_changes_the_model_that_answers(page, shifted_version):
+    image = ("seven.png", drawn_seven(), "image/png")
+    page.file_uploader[0].upload(*image).run(timeout=RUN_TIMEOUT)
+    assert digits_shown(page) == ["7"]
+    version_uri = f"models:/digit-classifier/{shifted_version}"
+    page.sidebar.selectbox[0].set_value(version_uri).run(timeout=RUN_TIMEOUT)
     assert not page.exception and not page.error
-    assert "version **1**" in " ".join(m.value for m in page.sidebar.markdown)
-    assert np.array(digits_shown(page)).size == 1
+    sidebar_text = " ".join(m.value for m in page.sidebar.markdown)
+    assert f"version **{shifted_version}**" in sidebar_text
+    assert digits_shown(page) == ["8"]

@@ -1,14 +1,20 @@
 """One real training run on a slice of genuine MNIST, and everything it must leave in MLflow."""
 
+import ast
 import dataclasses
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from conftest import require_mnist
+from conftest import new_store, require_mnist, tracking_at
 from digitml import tracking
 from digitml.config import load_config
 from digitml.data import content_digest, load_mnist_dir, make_splits
@@ -29,10 +35,9 @@ ARTIFACTS = {
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory):
+def logged(empty_store, tmp_path_factory):
     """(client, run, data, config) of a finished run of the callbacks recipe plus augmentation."""
-    store = tmp_path_factory.mktemp("store")
-    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    folder = tmp_path_factory.mktemp("store")
     data = load_mnist_dir(require_mnist())
     config = load_config(
         "callbacks",
@@ -44,10 +49,10 @@ def logged(tmp_path_factory):
             "augmentation": {"rotation": 0.03, "translation": 0.1, "zoom": 0.1},
         },
     )
-    outcome = run_training(config, data=data, checkpoint_root=store / "checkpoints")
-    client = mlflow.MlflowClient()
-    yield client, client.get_run(outcome.run_id), data, config
-    mlflow.set_tracking_uri(None)
+    with tracking_at(new_store(empty_store, folder), folder):
+        outcome = run_training(config, data=data, checkpoint_root=folder / "checkpoints")
+        client = mlflow.MlflowClient()
+        yield client, client.get_run(outcome.run_id), data, config
 
 
 def test_run_finishes(logged):
@@ -83,7 +88,10 @@ def test_every_resolved_hyperparameter_is_a_param(logged):
 def test_tags_name_the_config_and_commit(logged):
     _, run, _, _ = logged
     assert run.data.tags["config"] == "callbacks"
-    assert len(run.data.tags["git_commit"]) == 40
+    commit = tracking.git_commit()
+    if commit is None:
+        pytest.skip("digitml does not run from a git checkout here")
+    assert run.data.tags["git_commit"] == commit and len(commit) == 40
 
 
 def test_config_artifact_reproduces_the_run(logged):
@@ -143,6 +151,54 @@ def test_keras_model_loads_and_reproduces_test_accuracy(logged):
     assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-4)
 
 
+def pinned_requirements(model_uri: str) -> dict[str, str]:
+    """The logged model's requirements.txt as {distribution: version}; fails on an unpinned line."""
+    text = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return dict(line.lower().split("==") for line in lines)
+
+
+def imported_packages(module: str) -> set[str]:
+    """Top-level names of the non-stdlib packages `module` imports, through digitml's own."""
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            if name.startswith("digitml."):
+                found |= imported_packages(name)
+            else:
+                found.add(name.split(".")[0])
+    return found - set(sys.stdlib_module_names)
+
+
+@pytest.mark.parametrize(
+    "model, imports",
+    [
+        ("model", imported_packages("digitml.pyfunc")),
+        ("keras_model", {"mlflow", "keras"}),
+    ],
+)
+def test_models_pin_the_installed_version_of_exactly_what_they_import(logged, model, imports):
+    """MLflow infers nothing (it would pin digitml, which no index has); Keras' backend counts."""
+    _, run, _, _ = logged
+    pinned = pinned_requirements(f"runs:/{run.info.run_id}/{model}")
+    installed = {name: importlib.metadata.version(name).lower() for name in pinned}
+    assert pinned == installed
+    providers = {
+        name: {dist.lower() for dist in dists}
+        for name, dists in importlib.metadata.packages_distributions().items()
+    }
+    needed = imports | {keras.config.backend()}
+    assert {name for name in needed if not providers[name] & set(pinned)} == set()
+    assert {dist for dist in pinned if not any(dist in providers[n] for n in needed)} == set()
+
+
 @pytest.fixture(scope="module")
 def served(logged):
     _, run, data, _ = logged
@@ -184,13 +240,13 @@ def test_pyfunc_rejects_bad_pixels_with_a_clear_message(served, pixels, message)
         model.predict(pd.DataFrame({"pixels": [pixels]}))
 
 
-def test_failure_inside_a_run_marks_it_failed(tracking_uri):
+def test_failure_inside_a_run_marks_it_failed(logged):
     with pytest.raises(RuntimeError), tracking.tracked_run("status-test") as run:
         raise RuntimeError("boom")
     assert mlflow.get_run(run.info.run_id).info.status == "FAILED"
 
 
-def test_interrupt_inside_a_run_marks_it_killed(tracking_uri):
+def test_interrupt_inside_a_run_marks_it_killed(logged):
     with pytest.raises(KeyboardInterrupt), tracking.tracked_run("status-test") as run:
         raise KeyboardInterrupt
     assert mlflow.get_run(run.info.run_id).info.status == "KILLED"
