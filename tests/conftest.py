@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import IO
 
 import mlflow
@@ -34,13 +33,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # first: xdist hands out whole modules in collection order, so these start at once and the
 # workers finish together. Only the run time depends on this list.
 LONGEST_MODULES = (
+    "test_tune.py",
     "test_tune_distributed.py",
     "test_registry.py",
-    "test_tune.py",
     "test_mlproject.py",
     "test_cli.py",
     "test_train.py",
-    "test_resume.py",
     "test_app.py",
 )
 
@@ -97,23 +95,27 @@ def new_store(empty_store: Path, folder: Path) -> str:
 
 @contextlib.contextmanager
 def tracking_at(uri: str, folder: Path) -> Iterator[str]:
-    """Track to `uri` from `folder` (artifacts go to its ./mlruns), for this process only."""
-    previous = os.getcwd()
+    """Track to `uri` from `folder` (artifacts go to its ./mlruns), in this process and in the
+    processes it starts meanwhile."""
+    previous_dir, previous_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(folder)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     try:
         yield uri
     finally:
         mlflow.set_tracking_uri(None)
-        os.chdir(previous)
+        if previous_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
+        os.chdir(previous_dir)
 
 
 @pytest.fixture
-def tracking_uri(empty_store, tmp_path, monkeypatch) -> Iterator[str]:
+def tracking_uri(empty_store, tmp_path) -> Iterator[str]:
     """A new SQLite tracking store (artifacts beside it) for one test, also seen by subprocesses."""
-    uri = new_store(empty_store, tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    with tracking_at(uri, tmp_path):
+    with tracking_at(new_store(empty_store, tmp_path), tmp_path) as uri:
         yield uri
 
 
@@ -145,15 +147,6 @@ def invoke_cli(*args: str, env: dict[str, str] | None = None) -> Result:
         signal.signal(signal.SIGTERM, handler)
         os.environ.clear()
         os.environ.update(environment)
-
-
-def run_cli_in_new_store(empty_store: Path, folder: Path, *args: str) -> SimpleNamespace:
-    """`digitml ARGS` run once as a user runs it, in a new store at `folder`, expected to succeed:
-    `uri`, `folder` and `result` (the CompletedProcess)."""
-    uri = new_store(empty_store, folder)
-    result = run_cli(*args, cwd=folder, env={"MLFLOW_TRACKING_URI": uri})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return SimpleNamespace(uri=uri, folder=folder, result=result)
 
 
 def all_runs(experiment: str = "digitml"):

@@ -1,5 +1,6 @@
-"""`digitml train` as a user runs it: real processes, a real MLflow store in a temp dir; option
-checks in-process through click's CliRunner."""
+"""`digitml train` as a user runs it: real processes (a training SIGKILLed mid-run and resumed,
+one stopped with SIGTERM), a real MLflow store in a temp dir; option checks in-process through
+click's CliRunner."""
 
 import gzip
 import os
@@ -13,51 +14,109 @@ import pytest
 from conftest import (
     all_runs,
     invoke_cli,
+    new_store,
     require_mnist,
-    run_cli_in_new_store,
+    run_cli,
     start_digits_training,
+    tracking_at,
 )
+
+EPOCHS = 6
+KILL_AFTER = 3
 
 
 @pytest.fixture(scope="module")
-def digits_training(empty_store, tmp_path_factory) -> SimpleNamespace:
-    """`digitml train` on sklearn's digits (fast recipe, 2 epochs), once, in a store of its own."""
-    return run_cli_in_new_store(
-        empty_store,
-        tmp_path_factory.mktemp("digits-training"),
-        "train",
-        "--dataset",
-        "digits",
-        "--config",
-        "fast",
-        "--epochs",
-        "2",
-        "--experiment",
-        "cli-test",
+def resumed(empty_store, tmp_path_factory):
+    """A training SIGKILLed once epoch 3 of 6 is logged, then `digitml train --resume RUN_ID`,
+    both real processes: `uri`, `folder`, `killed_lines` (stdout up to the kill), `result` (the
+    resume's CompletedProcess), `run_id`, `status_after_kill`."""
+    folder = tmp_path_factory.mktemp("resume")
+    uri = new_store(empty_store, folder)
+    with tracking_at(uri, folder):
+        process = start_digits_training(folder, epochs=EPOCHS, experiment="resume-test")
+        killed_lines = process.kill_at(f"epoch {KILL_AFTER}/")
+        assert process.returncode == -signal.SIGKILL
+        (announce,) = [line for line in killed_lines if line.startswith("MLflow run ")]
+        run_id = announce.split()[2]
+        status_after_kill = mlflow.get_run(run_id).info.status
+        result = run_cli("train", "--resume", run_id, cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return SimpleNamespace(
+        uri=uri,
+        folder=folder,
+        killed_lines=killed_lines,
+        result=result,
+        run_id=run_id,
+        status_after_kill=status_after_kill,
     )
 
 
-def test_train_on_digits_prints_run_id_and_accuracy(digits_training):
-    printed = dict(
-        line.split(": ", 1) for line in digits_training.result.stdout.splitlines() if ": " in line
-    )
-    run = mlflow.MlflowClient(digits_training.uri).get_run(printed["run_id"])
-    assert run.info.status == "FINISHED"
+@pytest.fixture
+def in_resume_store(resumed):
+    with tracking_at(resumed.uri, resumed.folder):
+        yield resumed
+
+
+def test_train_prints_run_id_and_accuracy(in_resume_store):
+    stdout = in_resume_store.result.stdout
+    printed = dict(line.split(": ", 1) for line in stdout.splitlines() if ": " in line)
+    assert printed["run_id"] == in_resume_store.run_id
+    run = mlflow.get_run(printed["run_id"])
     assert float(printed["test_accuracy"]) == pytest.approx(
         run.data.metrics["test_accuracy"], abs=1e-4
     )
-    assert run.data.params["dataset"] == "digits"
     assert float(printed["train_seconds"]) == pytest.approx(
         run.data.metrics["train_seconds"], abs=0.1
     )
+    assert run.data.params["dataset"] == "digits"
 
 
-def test_without_a_terminal_each_epoch_is_one_line(digits_training):
-    stdout = digits_training.result.stdout
+def test_without_a_terminal_each_epoch_is_one_line(resumed):
+    stdout = "".join(resumed.killed_lines) + resumed.result.stdout
     epoch_lines = [line for line in stdout.splitlines() if line.startswith("epoch ")]
-    assert [line.split(" - ")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
-    assert "val_accuracy" in epoch_lines[0]
+    assert [line.split(" - ")[0] for line in epoch_lines] == [
+        f"epoch {n}/{EPOCHS}" for n in range(1, EPOCHS + 1)
+    ]
+    assert all("val_accuracy" in line for line in epoch_lines)
     assert "\r" not in stdout and "\x08" not in stdout
+
+
+def test_killed_run_resumes_in_the_same_run_from_its_last_epoch(in_resume_store):
+    resumed = in_resume_store
+    assert resumed.status_after_kill == "RUNNING"
+    resumed_epochs = [
+        line.split(" - ")[0]
+        for line in resumed.result.stdout.splitlines()
+        if line.startswith("epoch ")
+    ]
+    assert resumed_epochs == [f"epoch {n}/{EPOCHS}" for n in range(KILL_AFTER + 1, EPOCHS + 1)]
+    assert len(all_runs("resume-test")) == 1
+    run = mlflow.get_run(resumed.run_id)
+    assert run.info.status == "FINISHED"
+    history = mlflow.MlflowClient().get_metric_history(resumed.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(EPOCHS))
+    assert "test_accuracy" in run.data.metrics
+    assert not (resumed.folder / "checkpoints" / resumed.run_id).exists()
+
+
+def test_finished_run_cannot_be_resumed(resumed):
+    result = invoke_cli(
+        "train", "--resume", resumed.run_id, env={"MLFLOW_TRACKING_URI": resumed.uri}
+    )
+    assert result.exit_code == 1
+    assert f"run {resumed.run_id} already finished" in result.stderr
+
+
+def test_resume_of_an_unknown_run_names_it(tracking_uri):
+    result = invoke_cli("train", "--resume", "0123456789abcdef")
+    assert result.exit_code == 1
+    assert "run 0123456789abcdef not found" in result.stderr
+
+
+def test_resume_refuses_other_options():
+    result = invoke_cli("train", "--resume", "abc123", "--epochs", "3")
+    assert result.exit_code == 2
+    assert "drop --epochs" in result.stderr
 
 
 @pytest.mark.parametrize(

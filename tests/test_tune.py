@@ -1,6 +1,7 @@
 """`digitml tune` for real: Keras Tuner trials on sklearn digits, nested runs in a real store."""
 
 import io
+from types import SimpleNamespace
 
 import mlflow
 import pandas as pd
@@ -11,7 +12,7 @@ from conftest import (
     CliProcess,
     all_runs,
     invoke_cli,
-    run_cli_in_new_store,
+    new_store,
     tracking_at,
 )
 
@@ -41,56 +42,92 @@ def runs_by_kind(kind):
 
 
 @pytest.fixture(scope="module")
-def small_search(empty_store, tmp_path_factory):
-    """The small random search run once by `digitml tune`, in a store of its own."""
-    folder = tmp_path_factory.mktemp("small-search")
-    return run_cli_in_new_store(empty_store, folder, "tune", "--config", str(write_search(folder)))
+def search(empty_store, tmp_path_factory):
+    """A random search of 4 trials: `digitml tune` as a real process, SIGKILLed once the second
+    trial has ended, then the same command again (in-process) to finish it: `uri`, `folder`,
+    `killed_lines` (stdout up to the kill), `finished_before` (trial runs FINISHED at the kill),
+    `result` (the second command's CliRunner result)."""
+    folder = tmp_path_factory.mktemp("search")
+    uri = new_store(empty_store, folder)
+    path = write_search(folder, max_trials=4)
+    with tracking_at(uri, folder):
+        killed_lines = CliProcess("tune", "--config", str(path), cwd=folder).kill_at("trial 2/4")
+        finished_before = {
+            run.info.run_id for run in runs_by_kind("trial") if run.info.status == "FINISHED"
+        }
+        result = invoke_cli("tune", "--config", str(path))
+    assert result.exit_code == 0, result.output[-3000:]
+    return SimpleNamespace(
+        uri=uri,
+        folder=folder,
+        killed_lines=killed_lines,
+        finished_before=finished_before,
+        result=result,
+    )
 
 
 @pytest.fixture
-def searched(small_search):
-    """The small search's store, current for one test."""
-    with tracking_at(small_search.uri, small_search.folder):
-        yield small_search
+def searched(search):
+    """The search's store, current for one test."""
+    with tracking_at(search.uri, search.folder):
+        yield search
 
 
 def test_search_nests_one_child_run_per_trial_and_registers_the_best(searched):
     (parent,) = runs_by_kind("tune")
     trials = runs_by_kind("trial")
     (best,) = runs_by_kind("best")
-    assert len(trials) == 3
+    assert len(trials) == 4
     assert {run.data.tags["mlflow.parentRunId"] for run in trials + [best]} == {parent.info.run_id}
+    client = mlflow.MlflowClient()
     for trial in trials:
         assert {"dense_units", "learning_rate"} <= set(trial.data.params)
-        history = mlflow.MlflowClient().get_metric_history(trial.info.run_id, "val_accuracy")
+        history = client.get_metric_history(trial.info.run_id, "val_accuracy")
         assert sorted(m.step for m in history) == [0, 1]
         assert {"loss", "accuracy", "val_loss", "learning_rate"} <= set(trial.data.metrics)
-    assert parent.data.params["tuner"] == "random" and parent.data.params["max_trials"] == "3"
+    assert parent.data.params["tuner"] == "random" and parent.data.params["max_trials"] == "4"
     # A trial scores its best epoch; the best configuration is one of the top-scoring trials.
     scores = {
-        trial.data.params["dense_units"]: max(
-            m.value
-            for m in mlflow.MlflowClient().get_metric_history(trial.info.run_id, "val_accuracy")
+        trial.info.run_id: max(
+            m.value for m in client.get_metric_history(trial.info.run_id, "val_accuracy")
         )
         for trial in trials
     }
     top = max(scores.values())
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(top)
-    assert scores[parent.data.params["best_dense_units"]] == pytest.approx(top)
-    assert best.data.params["model_params.dense_units"] == parent.data.params["best_dense_units"]
+    chosen = {name: parent.data.params[f"best_{name}"] for name in ("dense_units", "learning_rate")}
+    assert any(
+        scores[trial.info.run_id] == pytest.approx(top)
+        and all(trial.data.params[name] == value for name, value in chosen.items())
+        for trial in trials
+    )
+    assert best.data.params["model_params.dense_units"] == chosen["dense_units"]
+    assert best.data.params["learning_rate"] == chosen["learning_rate"]
     assert "test_accuracy" in best.data.metrics
-    version = mlflow.MlflowClient().get_model_version_by_alias("digit-classifier", "challenger")
+    version = client.get_model_version_by_alias("digit-classifier", "challenger")
     assert version.run_id == best.info.run_id
 
 
 def test_search_prints_one_line_per_trial_and_the_registered_version(searched):
-    stdout = searched.result.stdout
+    stdout = "".join(searched.killed_lines) + searched.result.stdout
     lines = [line for line in stdout.splitlines() if line.startswith("trial ")]
-    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
     assert all("best" in line and "left" in line for line in lines)
     (parent,) = runs_by_kind("tune")
     assert f"search run_id: {parent.info.run_id}" in stdout
     assert "registered: digit-classifier version 1 (alias challenger)" in stdout
+
+
+def test_killed_search_resumes_without_rerunning_or_duplicating(searched):
+    assert len(searched.finished_before) == 2
+    assert len(runs_by_kind("tune")) == 1
+    trials = runs_by_kind("trial")
+    assert len(trials) == 4
+    assert {run.data.tags["digitml.trial_id"] for run in trials} == {"0", "1", "2", "3"}
+    assert searched.finished_before <= {run.info.run_id for run in trials}
+    assert [
+        line.split()[1] for line in searched.result.stdout.splitlines() if line.startswith("trial ")
+    ] == ["3/4", "4/4"]
 
 
 def test_search_writes_trials_csv_and_figure(searched):
@@ -98,7 +135,7 @@ def test_search_writes_trials_csv_and_figure(searched):
     table = pd.read_csv(
         io.StringIO(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/trials.csv"))
     )
-    assert len(table) == 3
+    assert len(table) == 4
     assert {"trial_id", "dense_units", "learning_rate", "score", "status", "seconds"} <= set(
         table.columns
     )
@@ -145,27 +182,6 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tracking_uri, tmp_pa
         io.StringIO(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/trials.csv"))
     )
     assert (table["status"] != "COMPLETED").sum() == statuses.count("FAILED")
-
-
-def test_killed_search_resumes_without_rerunning_or_duplicating(tracking_uri, tmp_path):
-    search = write_search(tmp_path, max_trials=4)
-    CliProcess("tune", "--config", str(search), cwd=tmp_path).kill_at("trial 2/4")
-    finished_before = {
-        run.info.run_id for run in runs_by_kind("trial") if run.info.status == "FINISHED"
-    }
-    assert len(finished_before) == 2
-
-    result = invoke_cli("tune", "--config", str(search))
-
-    assert result.exit_code == 0, result.output[-3000:]
-    assert len(runs_by_kind("tune")) == 1
-    trials = runs_by_kind("trial")
-    assert len(trials) == 4
-    assert {run.data.tags["digitml.trial_id"] for run in trials} == {"0", "1", "2", "3"}
-    assert finished_before <= {run.info.run_id for run in trials}
-    assert [
-        line.split()[1] for line in result.stdout.splitlines() if line.startswith("trial ")
-    ] == ["3/4", "4/4"]
 
 
 def test_tuning_folder_of_another_store_is_refused(tracking_uri, tmp_path):
