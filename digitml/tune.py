@@ -7,6 +7,8 @@ runs each trial, so a trial is trained, logged and checkpointed exactly like `di
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import keras_tuner as kt
 import mlflow
 import numpy as np
 from keras_tuner.src import errors as kt_errors
+from keras_tuner.src import utils as kt_utils
 
 from digitml import registry, tracking
 from digitml.config import TrainConfig, TuneConfig, config_from_dict, load_config
@@ -71,6 +74,24 @@ def trial_config(base: TrainConfig, values: dict[str, Any], epochs: int) -> Trai
         else:
             raw["model_params"][name] = value
     return config_from_dict(raw, source="trial")
+
+
+def save_json_atomically(path: str, state: Any) -> str:
+    """keras-tuner's `save_json`, written beside the file and renamed over it.
+
+    keras-tuner truncates its oracle, trial and tuner JSON files before writing them, so a search
+    killed at that instant left an empty file and could not be resumed. A rename is atomic: a kill
+    leaves the previous state or the new one, never half of either.
+    """
+    text = json.dumps(state)
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(partial, path)
+    return text
+
+
+kt_utils.save_json = save_json_atomically  # every Stateful.save (oracle, trials, tuner) calls it
 
 
 def make_oracle(config: TuneConfig) -> kt.Oracle:
@@ -195,6 +216,17 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
         print(progress_line(self.oracle, trial, self.context), flush=True)
 
 
+def reload_tuner(context: SearchContext, tuning_dir: Path) -> DigitTuner:
+    """The tuner, with the state of the search already in `tuning_dir` when there is one."""
+    try:
+        return DigitTuner(context, tuning_dir)
+    except json.JSONDecodeError as error:  # written by a version before save_json_atomically
+        raise TuningStateError(
+            f"{tuning_dir} holds a search state file that is cut short ({error}): delete "
+            f"{tuning_dir} to start the search over"
+        ) from error
+
+
 def chief_reachable(address: str, timeout: float = CHIEF_TIMEOUT_SECONDS) -> bool:
     import grpc
 
@@ -311,7 +343,7 @@ def run_search(
         context = SearchContext(
             config, base, splits, parent.info.run_id, parent.info.experiment_id, time.monotonic()
         )
-        tuner = DigitTuner(context, tuning_dir)
+        tuner = reload_tuner(context, tuning_dir)
         tuner.search(verbose=0)
         trials = list(tuner.oracle.trials.values())
         tracking.log_search_summary(trials, parent.info.run_id)

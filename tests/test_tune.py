@@ -1,6 +1,8 @@
 """`digitml tune` for real: Keras Tuner trials on sklearn digits, nested runs in a real store."""
 
 import io
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -191,6 +193,20 @@ def test_tuning_folder_of_another_store_is_refused(tracking_uri, tmp_path):
     assert result.exit_code == 1
     assert "0123456789abcdef" in result.stderr and "--tuning-dir" in result.stderr
     assert all_runs("tune-test") == []
+
+
+def test_search_state_cut_short_is_named_instead_of_a_traceback(search, tmp_path):
+    """A trial file left empty by a kill (before state files were written atomically)."""
+    for name in ("mlflow.db", "tuning"):
+        copy = shutil.copytree if (search.folder / name).is_dir() else shutil.copy
+        copy(search.folder / name, tmp_path / name)
+    (next((tmp_path / "tuning").rglob("trial.json"))).write_text("")
+    with tracking_at(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path):
+        result = invoke_cli("tune", "--config", str(search.folder / "search.yaml"))
+    assert result.exit_code == 1
+    assert "holds a search state file that is cut short" in result.stderr
+    assert f"delete {Path('tuning') / 'tune-test'}" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_bad_search_space_is_a_usage_error(tracking_uri, tmp_path):
