@@ -1,5 +1,6 @@
 """A distributed search for real: `mlflow server` on loopback, one chief, two workers, processes."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,8 @@ def tracking_server(empty_store, tmp_path, monkeypatch):
         ],
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "server.log").open("w"),
+        # The job runner's extra processes serve nothing a search uses and slow the start.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     wait_for_http(f"{uri}/health", server, tmp_path / "server.log", timeout=90)
