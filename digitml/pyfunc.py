@@ -4,9 +4,16 @@ Input: a DataFrame whose rows hold either `image` (the bytes of a PNG/JPEG/BMP/G
 base64 text in JSON) or `pixels` (a 28x28 array, 0-255 or 0-1, white digit on black).
 Output: one row per input with `digit`, `confidence` and `probabilities` (10 floats).
 Bad input raises MlflowException(INVALID_PARAMETER_VALUE): HTTP 400 with the message, no trace.
+
+The model runs its own copies of this file and of `imaging.py` (the preprocessing, logged as an
+artifact), never the installed digitml: a registered version answers as it did when it was logged,
+whatever digitml version is installed, or none. Hence no `digitml` import here.
 """
 
 from __future__ import annotations
+
+import importlib.util
+from types import ModuleType
 
 import mlflow
 import numpy as np
@@ -14,22 +21,24 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from digitml.imaging import ImageInputError, rows_to_batch
-
 KERAS_MODEL_ARTIFACT = "keras_model"
+IMAGING_ARTIFACT = "imaging"
 
 
 class DigitClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import keras
 
+        self.imaging = module_from_file(
+            "digitml_model_imaging", context.artifacts[IMAGING_ARTIFACT]
+        )
         self.model = keras.models.load_model(context.artifacts[KERAS_MODEL_ARTIFACT], compile=False)
 
     def predict(self, context, model_input, params=None):
         try:
-            images = rows_to_batch(input_rows(model_input))
-        except ImageInputError as error:
-            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from error
+            images = self.imaging.rows_to_batch(input_rows(model_input))
+        except self.imaging.ImageInputError as error:
+            raise bad_input(str(error)) from error
         # predict_on_batch: Keras' predict() costs ~50 ms per call even for one image.
         probabilities = np.asarray(self.model.predict_on_batch(images), dtype=np.float64)
         return predictions_frame(probabilities)
@@ -43,7 +52,20 @@ def input_rows(model_input) -> list[dict]:
         return pd.DataFrame(model_input).to_dict("records")
     if isinstance(model_input, np.ndarray):
         return [{"pixels": pixels} for pixels in model_input]
-    raise ImageInputError(f"unsupported input type {type(model_input).__name__}")
+    raise bad_input(f"unsupported input type {type(model_input).__name__}")
+
+
+def bad_input(message: str) -> MlflowException:
+    """The error MLflow's server answers with HTTP 400 and `message`, without a stack trace."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def module_from_file(name: str, path: str) -> ModuleType:
+    """The Python file at `path` loaded as module `name`, apart from any installed package."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def predictions_frame(probabilities: np.ndarray) -> pd.DataFrame:

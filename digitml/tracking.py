@@ -28,8 +28,9 @@ from digitml.data import Splits, content_digest
 CONFIG_ARTIFACT = "config.yaml"
 KERAS_MODEL_NAME = "keras_model"
 PYFUNC_MODEL_NAME = "model"
-PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
+PYFUNC_CODE = PACKAGE_DIR / "pyfunc.py"
+IMAGING_CODE = PACKAGE_DIR / "imaging.py"  # the preprocessing, which the served model carries
 CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # The distributions the served model imports (pyfunc.py, imaging.py) and TensorFlow, Keras' backend.
 SERVED_DISTRIBUTIONS = ("mlflow", "keras", "tensorflow", "numpy", "pandas", "pillow")
@@ -231,8 +232,18 @@ def pinned_requirements(distributions: tuple[str, ...]) -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in distributions]
 
 
+def uncompiled(model: keras.Model) -> keras.Model:
+    """`model` without its training set-up: saved compiled, it would need digitml's registered
+    loss to load."""
+    copy = type(model).from_config(model.get_config())  # clone_model would compile it again
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -> None:
-    """The native Keras model (`keras_model`) and the pyfunc digit classifier (`model`)."""
+    """The native Keras model (`keras_model`) and the pyfunc digit classifier (`model`), both
+    loadable where digitml is not installed."""
+    model = uncompiled(model)
     example_probabilities = np.asarray(model.predict_on_batch(example_images))
     mlflow.keras.log_model(
         model,
@@ -245,8 +256,7 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
     mlflow.pyfunc.log_model(
         name=PYFUNC_MODEL_NAME,
         python_model=str(PYFUNC_CODE),
-        artifacts={"keras_model": str(keras_file)},
-        code_paths=[str(PACKAGE_DIR)],
+        artifacts={"keras_model": str(keras_file), "imaging": str(IMAGING_CODE)},
         pip_requirements=pinned_requirements(SERVED_DISTRIBUTIONS),
         # No signature on purpose: MLflow's schema check would silently drop unknown columns,
         # and every input error must reach DigitClassifier.predict to get its own message.

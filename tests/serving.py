@@ -37,9 +37,19 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
 
 
 class ModelServer:
-    """`mlflow models serve -m MODEL --env-manager local` on 127.0.0.1; stop() ends it."""
+    """`mlflow models serve -m MODEL --env-manager ENV_MANAGER` on 127.0.0.1; stop() ends it.
 
-    def __init__(self, model_uri: str, env: dict[str, str] | None = None, timeout: float = 180):
+    With "local" it runs in this venv; with "uv" MLflow first builds the model's own environment
+    from its requirements.txt (cached in ~/.mlflow/envs), where digitml is not installed."""
+
+    def __init__(
+        self,
+        model_uri: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 180,
+        env_manager: str = "local",
+        cwd: Path | None = None,
+    ):
         # A file, not a pipe: nobody reads the server's log while it runs, and a full pipe blocks it.
         self.log = Path(tempfile.mkstemp(prefix="mlflow-serve-", suffix=".log")[1])
         self.port = free_port()
@@ -57,7 +67,7 @@ class ModelServer:
                 "-p",
                 str(self.port),
                 "--env-manager",
-                "local",
+                env_manager,
                 "--workers",
                 "1",
             ],
@@ -68,6 +78,7 @@ class ModelServer:
             },
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("w"),
+            cwd=cwd,
         )
         wait_for_http(f"{self.url}/ping", self.process, self.log, timeout)
 

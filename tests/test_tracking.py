@@ -3,7 +3,9 @@
 import ast
 import dataclasses
 import importlib.metadata
-import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -151,6 +153,66 @@ def test_keras_model_loads_and_reproduces_test_accuracy(logged):
     assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-4)
 
 
+ELSEWHERE = """
+import json, sys
+from pathlib import Path
+import digitml.imaging  # already imported, as in `digitml app`; here a changed version
+import keras, mlflow, numpy as np, pandas as pd
+model_dir, keras_dir, images_file = sys.argv[1:]
+images = np.load(images_file)
+rows = pd.DataFrame({"pixels": [image.tolist() for image in images]})
+print(json.dumps({
+    "pyfunc": np.stack(mlflow.pyfunc.load_model(model_dir).predict(rows)["probabilities"]).tolist(),
+    "mlflow.keras": np.asarray(mlflow.keras.load_model(keras_dir).predict_on_batch(images)).tolist(),
+    "keras": np.asarray(
+        keras.models.load_model(next(Path(keras_dir).rglob("*.keras"))).predict_on_batch(images)
+    ).tolist(),
+}))
+"""
+
+CHANGED_IMAGING = """
+class ImageInputError(ValueError):
+    pass
+
+
+def rows_to_batch(rows):
+    raise RuntimeError("the installed digitml.imaging ran, not the model's own copy")
+"""
+
+
+def test_both_models_answer_in_a_process_whose_digitml_has_changed(logged, tmp_path):
+    """A fresh Python where another digitml (its imaging changed, no training code) is installed
+    and already imported: the pyfunc runs its own logged code, the Keras model needs none of ours."""
+    _, run, data, _ = logged
+    changed = tmp_path / "changed" / "digitml"
+    changed.mkdir(parents=True)
+    (changed / "__init__.py").write_text("")
+    (changed / "imaging.py").write_text(CHANGED_IMAGING)
+    images = data.test_images[:16]
+    np.save(tmp_path / "images.npy", images)
+    paths = [
+        mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/{name}", dst_path=tmp_path)
+        for name in ("model", "keras_model")
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", ELSEWHERE, *paths, str(tmp_path / "images.npy")],
+        env={**os.environ, "PYTHONPATH": str(changed.parent)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.splitlines()[-1])
+    here = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(
+        pd.DataFrame({"pixels": [image.tolist() for image in images]})
+    )
+    for name, probabilities in answers.items():
+        np.testing.assert_allclose(
+            probabilities, np.stack(here["probabilities"]), atol=1e-5, err_msg=name
+        )
+
+
 def pinned_requirements(model_uri: str) -> dict[str, str]:
     """The logged model's requirements.txt as {distribution: version}; fails on an unpinned line."""
     text = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text()
@@ -158,38 +220,30 @@ def pinned_requirements(model_uri: str) -> dict[str, str]:
     return dict(line.lower().split("==") for line in lines)
 
 
-def imported_packages(module: str) -> set[str]:
-    """Top-level names of the non-stdlib packages `module` imports, through digitml's own."""
-    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+def imported_packages(folder: Path) -> set[str]:
+    """Top-level names of the non-stdlib packages the Python files under `folder` import."""
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names = [node.module]
-        else:
-            continue
-        for name in names:
-            if name.startswith("digitml."):
-                found |= imported_packages(name)
-            else:
-                found.add(name.split(".")[0])
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module.split(".")[0])
     return found - set(sys.stdlib_module_names)
 
 
-@pytest.mark.parametrize(
-    "model, imports",
-    [
-        ("model", imported_packages("digitml.pyfunc")),
-        ("keras_model", {"mlflow", "keras"}),
-    ],
-)
-def test_models_pin_the_installed_version_of_exactly_what_they_import(logged, model, imports):
-    """MLflow infers nothing (it would pin digitml, which no index has); Keras' backend counts."""
+@pytest.mark.parametrize("model", ["model", "keras_model"])
+def test_models_pin_the_installed_version_of_exactly_what_they_import(logged, model, tmp_path):
+    """MLflow infers nothing (it would pin digitml, which no index has); what the model's own
+    code imports counts (the Keras model's loader imports keras), and so does Keras' backend."""
     _, run, _, _ = logged
     pinned = pinned_requirements(f"runs:/{run.info.run_id}/{model}")
     installed = {name: importlib.metadata.version(name).lower() for name in pinned}
     assert pinned == installed
+    code = Path(
+        mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/{model}", dst_path=tmp_path)
+    )
+    imports = imported_packages(code) | {"mlflow", "keras"}
     providers = {
         name: {dist.lower() for dist in dists}
         for name, dists in importlib.metadata.packages_distributions().items()
