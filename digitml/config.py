@@ -9,7 +9,17 @@ from typing import Any
 
 import yaml
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+def _recipes_dir() -> Path:
+    """The shipped recipes: inside the package when installed from a wheel (pyproject maps the
+    top-level experiments/ to digitml/experiments/), else the checkout's experiments/ (an
+    editable install, or `python -m digitml.cli` from a checkout that is not installed)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "experiments"
+    return installed if installed.is_dir() else package.parent / "experiments"
+
+
+EXPERIMENTS_DIR = _recipes_dir()
 DEFAULT_CONFIG = "default.yaml"
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 DATASETS = ("mnist", "digits")
@@ -98,14 +108,16 @@ def config_path(name_or_path: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"config file not found: {name_or_path}")
+    raise ConfigError(
+        f"config file not found: {name_or_path} (neither a file nor a recipe in {EXPERIMENTS_DIR})"
+    )
 
 
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Read a YAML config (default: experiments/default.yaml), apply overrides, validate."""
-    path = config_path(str(path)) if path else EXPERIMENTS_DIR / DEFAULT_CONFIG
+    path = config_path(str(path or EXPERIMENTS_DIR / DEFAULT_CONFIG))
     raw = _read_yaml(path)
     raw.setdefault("name", Path(path).stem)
     given = {key: value for key, value in (overrides or {}).items() if value is not None}

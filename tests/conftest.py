@@ -34,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # workers finish together. Only the run time depends on this list.
 LONGEST_MODULES = (
     "test_tune.py",
+    "test_wheel.py",
     "test_tune_distributed.py",
     "test_registry.py",
     "test_mlproject.py",

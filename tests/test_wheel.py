@@ -1,0 +1,132 @@
+"""digitml as a user installs it: a real wheel in a fresh venv, run from an empty folder."""
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+
+from conftest import REPO_ROOT, all_runs
+
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "digitml", "experiments")
+
+
+def run(*command: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def must_run(*command: str | Path, cwd: Path | None = None) -> str:
+    """Run a command that must succeed; its stdout."""
+    result = run(*command, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> SimpleNamespace:
+    """digitml installed from its wheel into a fresh venv: `bin` and `site_packages`. The
+    dependencies are .venv's, through a .pth file holding the path of .venv's site-packages: a
+    plain path, so .venv's own .pth files (the editable digitml's among them) are not read."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = (
+        root / "source"
+    )  # pip builds in the source tree: a copy keeps build/ out of the checkout
+    source.mkdir()
+    for name in WHEEL_SOURCES:
+        if (REPO_ROOT / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(REPO_ROOT / name, source / name, ignore=ignore)
+        else:
+            shutil.copy(REPO_ROOT / name, source)
+    pip = (sys.executable, "-m", "pip", "--disable-pip-version-check")
+    must_run(*pip, "wheel", "--no-deps", "--wheel-dir", root / "dist", source)
+    (wheel,) = (root / "dist").glob("digitml-*.whl")
+    venv = root / "venv"
+    must_run(sys.executable, "-m", "venv", "--without-pip", venv)
+    must_run(*pip, "--python", venv / "bin" / "python", "install", "--no-deps", wheel)
+    site_packages = Path(
+        must_run(
+            venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"
+        ).strip()
+    )
+    (site_packages / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return SimpleNamespace(bin=venv / "bin", site_packages=site_packages)
+
+
+def test_the_venv_runs_the_wheel_with_every_recipe_inside(installed, tmp_path):
+    printed = must_run(
+        installed.bin / "python",
+        "-c",
+        "import digitml.config as config; print(config.__file__); print(config.EXPERIMENTS_DIR)",
+        cwd=tmp_path,  # `python -c` looks in its working folder first: not the checkout
+    )
+    module, recipes = map(Path, printed.split())
+    assert module.is_relative_to(installed.site_packages)
+    assert recipes == installed.site_packages / "digitml" / "experiments"
+    shipped = sorted(path.name for path in recipes.glob("*.yaml"))
+    assert shipped == sorted(path.name for path in (REPO_ROOT / "experiments").glob("*.yaml"))
+
+
+def digitml(installed: SimpleNamespace, arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`digitml ARGUMENTS`, the wheel venv's script."""
+    return run(installed.bin / "digitml", *arguments.split(), cwd=cwd)
+
+
+@pytest.fixture
+def empty_folder(tracking_uri, tmp_path) -> Path:
+    """An empty working folder; the store is beside it."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+def test_train_with_a_shipped_recipe_from_an_empty_folder(installed, empty_folder):
+    result = digitml(installed, "train --config fast --dataset digits", empty_folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_record,) = all_runs("digitml")
+    assert f"run_id: {run_record.info.run_id}" in result.stdout
+    assert run_record.info.status == "FINISHED"
+    assert run_record.data.tags["config"] == "fast"
+    assert run_record.data.params["dataset"] == "digits"
+
+
+def test_tune_with_the_shipped_search_from_an_empty_folder(installed, empty_folder):
+    result = digitml(
+        installed, "tune --config tune --dataset digits --max-trials 2 --epochs 2", empty_folder
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = all_runs("digitml-tune")
+    kinds = sorted(run_record.data.tags["digitml.kind"] for run_record in runs)
+    assert kinds == ["best", "trial", "trial", "tune"]
+    assert all(run_record.info.status == "FINISHED" for run_record in runs)
+    assert mlflow.MlflowClient().get_model_version_by_alias("digit-classifier", "challenger")
+
+
+def test_unknown_recipe_is_a_usage_error_naming_it(installed, empty_folder):
+    result = digitml(installed, "train --config nosuch", empty_folder)
+    assert result.returncode == 2
+    assert "config file not found: nosuch" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_default_recipe_is_a_usage_error_naming_it(installed, empty_folder):
+    default = installed.site_packages / "digitml" / "experiments" / "default.yaml"
+    default.rename(default.with_suffix(".moved"))
+    try:
+        result = digitml(installed, "train --dataset digits", empty_folder)
+    finally:
+        default.with_suffix(".moved").rename(default)
+    assert result.returncode == 2
+    assert "config file not found" in result.stderr and "default.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
