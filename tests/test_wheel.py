@@ -1,5 +1,9 @@
-"""digitml as a user installs it: a real wheel in a fresh venv, run from an empty folder."""
+"""digitml as a user installs it: a real wheel in a fresh venv, run from an empty folder; and its
+declared dependencies, which are what its code imports and what conda.yaml installs."""
 
+import ast
+import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
@@ -9,9 +13,12 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
+import tomllib
+import yaml
 
 from conftest import REPO_ROOT, all_runs
 
+PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 WHEEL_SOURCES = ("pyproject.toml", "README.md", "digitml", "experiments")
 
 
@@ -130,3 +137,42 @@ def test_missing_default_recipe_is_a_usage_error_naming_it(installed, empty_fold
     assert result.returncode == 2
     assert "config file not found" in result.stderr and "default.yaml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def distribution_name(requirement: str) -> str:
+    """`Pillow>=10.0` → `pillow`: the name as package indexes compare it."""
+    return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement)[0]).lower()
+
+
+def imported_modules() -> set[str]:
+    """The top-level modules digitml's code imports, other than the standard library's."""
+    modules = set()
+    for source in (REPO_ROOT / "digitml").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    return modules - set(sys.stdlib_module_names) - {"digitml"}
+
+
+def test_the_declared_dependencies_are_what_the_code_imports():
+    """Dependencies and the `app` extra (the Streamlit page's): each provides an imported module,
+    and each imported module comes from one of them."""
+    declared = {
+        distribution_name(requirement)
+        for requirement in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["app"]
+    }
+    providers = importlib.metadata.packages_distributions()
+    provided_by = {
+        module: {distribution_name(name) for name in providers.get(module, [])}
+        for module in imported_modules()
+    }
+    assert sorted(module for module, names in provided_by.items() if not names & declared) == []
+    assert sorted(declared - set().union(*provided_by.values())) == []
+
+
+def test_conda_environment_installs_exactly_the_declared_dependencies():
+    conda = yaml.safe_load((REPO_ROOT / "conda.yaml").read_text())
+    (pip_list,) = [entry["pip"] for entry in conda["dependencies"] if isinstance(entry, dict)]
+    assert pip_list == PROJECT["dependencies"]
