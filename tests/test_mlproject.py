@@ -1,4 +1,5 @@
-"""`mlflow run . -e train` through the MLproject, on a tiny slice, in a real MLflow store."""
+"""`mlflow run .` through the MLproject (its main entry point, and `-e tune`), on a tiny slice,
+in a real MLflow store."""
 
 import os
 import shutil
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.projects._project_spec import load_project
 
 from conftest import REPO_ROOT, all_runs, require_mnist
 
@@ -28,18 +30,18 @@ def mlflow_run(
     *params: str,
     cwd: Path,
     experiment: str | None = "mlproject-test",
-    entry_point: str = "train",
+    entry_point: str | None = None,
 ) -> subprocess.CompletedProcess:
     venv_bin = str(Path(sys.executable).parent)
     command = [
         shutil.which("mlflow", path=venv_bin) or "mlflow",
         "run",
         str(project),
-        "-e",
-        entry_point,
         "--env-manager",
         "local",
     ]
+    if entry_point:
+        command += ["-e", entry_point]
     if experiment:
         command += ["--experiment-name", experiment]
     for param in params:
@@ -51,7 +53,8 @@ def mlflow_run(
 
 
 def test_mlflow_run_trains_a_slice_of_mnist_in_the_run_mlflow_made(project, tracking_uri, tmp_path):
-    """Without --experiment-name, MLflow's launcher run is in Default and ours is its child."""
+    """No -e: the main entry point. Without --experiment-name, MLflow's launcher run is in Default
+    and ours is its child."""
     result = mlflow_run(
         project,
         "config=fast",
@@ -70,6 +73,16 @@ def test_mlflow_run_trains_a_slice_of_mnist_in_the_run_mlflow_made(project, trac
     assert run.data.params["train_size"] == "270"
     assert run.data.params["model"] == "small"  # from fast.yaml: '' params keep the config's values
     assert "test_accuracy" in run.data.metrics
+
+
+def test_mlflow_run_without_an_entry_point_is_the_training():
+    """`mlflow run .` runs `main`, read here by MLflow's own loader: train's parameters and command."""
+    project = load_project(str(REPO_ROOT))
+    main, train = project.get_entry_point("main"), project.get_entry_point("train")
+    assert main.command == train.command
+    assert {name: vars(param) for name, param in main.parameters.items()} == {
+        name: vars(param) for name, param in train.parameters.items()
+    }
 
 
 def test_mlflow_run_rejects_a_bad_int_parameter(project, tracking_uri, tmp_path):
