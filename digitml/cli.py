@@ -7,126 +7,160 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-from digitml.config import DATASETS, OPTIMIZERS, PRECISIONS, TUNERS, ConfigError
+from digitml.config import (
+    DATASETS,
+    DEFAULT_APP_MODEL_URI,
+    OPTIMIZERS,
+    PRECISIONS,
+    TUNERS,
+    ConfigError,
+    TrainConfig,
+)
 
 # TensorFlow's C++ start-up chatter hides the lines users need; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-class OrUnset(click.ParamType):
-    """A click type where an empty string means "not given": MLproject passes '' for unset params."""
-
-    def __init__(self, inner: click.ParamType) -> None:
-        self.inner = inner
-        self.name = inner.name
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value == "":
-            return None
-        return self.inner.convert(value, param, ctx)
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str | None:
-        return self.inner.get_metavar(param, ctx) if ctx else self.inner.get_metavar(param)
-
-
+CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
+FROM_CONFIG = "from --config"
 DEFAULT_ORACLE = "127.0.0.1:8000"
-POSITIVE_INT = OrUnset(click.IntRange(min=1))
-POSITIVE_FLOAT = OrUnset(click.FloatRange(min=0, min_open=True))
+ROLES = ("chief", "worker")
 
 
-def data_options(command: Any) -> Any:
-    """--dataset, --data-dir and --experiment, alike on every command that reads data."""
-    options = [
-        click.option(
-            "--dataset", type=OrUnset(click.Choice(DATASETS)), help="mnist (default) or digits."
+class EmptyIsUnset(click.Option):
+    """An option given as '' counts as not given, so its default applies: MLproject passes ''
+    for the parameters a user leaves unset. The option keeps its own click type, whose choices
+    and range shell completion and --help show."""
+
+    def consume_value(self, ctx: click.Context, opts: Mapping[str, Any]) -> tuple[Any, Any]:
+        if opts.get(self.name) == "":
+            opts = {name: value for name, value in opts.items() if name != self.name}
+        return super().consume_value(ctx, opts)
+
+
+def option(*param_decls: str, **attrs: Any) -> Callable[[CommandFunction], CommandFunction]:
+    """click.option, where '' means not given."""
+    return click.option(*param_decls, cls=EmptyIsUnset, **attrs)
+
+
+def from_config(*param_decls: str, **attrs: Any) -> Callable[[CommandFunction], CommandFunction]:
+    """An override of a --config file's value; not given, the file's value applies."""
+    return option(*param_decls, show_default=FROM_CONFIG, **attrs)
+
+
+def chain(
+    *decorators: Callable[[CommandFunction], CommandFunction],
+) -> Callable[[CommandFunction], CommandFunction]:
+    """The decorators as one, applied in the order they would be stacked in."""
+
+    def decorate(command: CommandFunction) -> CommandFunction:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+POSITIVE_INT = click.IntRange(min=1)
+LIMIT = from_config(
+    "--limit",
+    type=click.IntRange(min=20),
+    help="Train on N training images (seeded, class-balanced); the test set stays whole.",
+)
+SEED = from_config(
+    "--seed",
+    type=click.IntRange(min=0),
+    help="Seed of the validation split, the initial weights and the batch order.",
+)
+
+
+def data_options(
+    dataset: str | None = None, experiment: str | None = None
+) -> Callable[[CommandFunction], CommandFunction]:
+    """--dataset, --data-dir and --experiment, alike on every command that reads data; without
+    a default here, the --config file's value applies."""
+    return chain(
+        (option if dataset else from_config)(
+            "--dataset",
+            type=click.Choice(DATASETS),
+            default=dataset,
+            help="MNIST, or scikit-learn's 8x8 digits (bundled: no files, no download).",
         ),
-        click.option(
+        option(
             "--data-dir",
-            type=OrUnset(click.STRING),
-            help="Folder with the MNIST IDX files or mnist.npz [env DIGITML_DATA_DIR].",
+            type=click.Path(exists=True, file_okay=False),
+            envvar="DIGITML_DATA_DIR",
+            show_envvar=True,
+            show_default="download MNIST through Keras",
+            help="Folder with the four MNIST IDX files or mnist.npz.",
         ),
-        click.option("--experiment", type=OrUnset(click.STRING), help="MLflow experiment name."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _data_dir(given: str | None) -> str | None:
-    """--data-dir, else DIGITML_DATA_DIR. Read here, not through click's envvar: MLproject passes
-    '' for an unset --data-dir."""
-    return given or os.environ.get("DIGITML_DATA_DIR") or None
+        (option if experiment else from_config)(
+            "--experiment", default=experiment, help="MLflow experiment to record the run in."
+        ),
+    )
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="digitml", prog_name="digitml", message="%(prog)s %(version)s")
 def cli() -> None:
     """digitml: handwritten-digit classifiers, every run tracked in MLflow."""
 
 
 @cli.command()
-@click.option(
+@option(
     "--config",
     "config_file",
-    type=OrUnset(click.STRING),
-    help="YAML file or name in experiments/ (default: default).",
+    show_default="default.yaml",
+    help="Recipe: a YAML file, or the name of one in experiments/ (fast, baseline, ...).",
 )
-@click.option(
-    "--model", type=OrUnset(click.STRING), help="Architecture name (see `digitml models`)."
+@from_config("--model", help="Architecture name (see `digitml models`).")
+@from_config("--epochs", type=POSITIVE_INT, help="Passes over the training images.")
+@from_config("--batch-size", type=POSITIVE_INT, help="Images per training step.")
+@from_config(
+    "--learning-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="The optimizer's learning rate (the peak of a onecycle schedule).",
 )
-@click.option("--epochs", type=POSITIVE_INT)
-@click.option("--batch-size", type=POSITIVE_INT)
-@click.option("--learning-rate", type=POSITIVE_FLOAT)
-@click.option("--optimizer", type=OrUnset(click.Choice(OPTIMIZERS)))
-@click.option(
+@from_config("--optimizer", type=click.Choice(OPTIMIZERS), help="Gradient-descent optimizer.")
+@from_config(
     "--precision",
-    type=OrUnset(click.Choice(PRECISIONS)),
+    type=click.Choice(PRECISIONS),
     help="auto: bfloat16 compute where the CPU has it natively (AMX, AVX512-BF16).",
 )
-@data_options
-@click.option(
-    "--limit",
-    type=OrUnset(click.IntRange(min=20)),
-    help="Train on N training images (seeded, class-balanced).",
-)
-@click.option("--seed", type=OrUnset(click.IntRange(min=0)))
-@click.option(
+@data_options()
+@LIMIT
+@SEED
+@option(
     "--resume",
     "resume_run_id",
-    type=OrUnset(click.STRING),
-    help="Continue an interrupted run (its own config).",
+    metavar="RUN_ID",
+    show_default="a new run",
+    help="Continue an interrupted run, with its own config.",
 )
 def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) -> None:
     """Train a model and record the run in MLflow."""
     from digitml.config import load_config
-    from digitml.data import DataError
-    from digitml.experiment import ResumeError, resumable_config, run_training
 
-    overrides["data_dir"] = _data_dir(overrides["data_dir"])
     try:
         if resume_run_id:
-            data_dir = overrides.pop("data_dir")
-            given = [name for name, value in overrides.items() if value is not None]
-            if given or config_file:
-                option = (given or ["config"])[0].replace("_", "-")
-                raise click.UsageError(
-                    f"--resume continues with the run's own config; drop --{option}"
-                )
-            config = resumable_config(resume_run_id, data_dir=data_dir)
+            config = _resumed_config(resume_run_id, config_file, overrides)
         else:
             config = load_config(config_file, overrides)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
-    except ResumeError as error:
-        raise click.ClickException(str(error)) from error
+    # Imported once the options are checked (TensorFlow takes seconds): a typo answers at once.
+    from digitml.data import DataError
+    from digitml.experiment import run_training
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -147,45 +181,58 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     click.echo(f"train_seconds: {outcome.train_seconds:.1f}")
 
 
+def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The run's own config, to resume it with; --data-dir is the only other option it takes."""
+    data_dir = overrides.pop("data_dir")
+    given = [name for name, value in overrides.items() if value is not None]
+    if given or config_file:
+        dropped = (given or ["config"])[0].replace("_", "-")
+        raise click.UsageError(f"--resume continues with the run's own config; drop --{dropped}")
+    from digitml.experiment import ResumeError, resumable_config
+
+    try:
+        return resumable_config(run_id, data_dir=data_dir)
+    except ResumeError as error:
+        raise click.ClickException(str(error)) from error
+
+
 @cli.command()
-@click.option(
+@option(
     "--config",
     "config_file",
     default="tune",
-    type=OrUnset(click.STRING),
-    help="Search YAML or name in experiments/ (default: tune).",
+    help="Search: a YAML file, or the name of one in experiments/ (tune, tune-reference).",
 )
-@click.option("--tuner", type=OrUnset(click.Choice(TUNERS)))
-@click.option("--max-trials", type=POSITIVE_INT)
-@click.option("--epochs", type=POSITIVE_INT, help="Most epochs one trial trains.")
-@data_options
-@click.option("--limit", type=OrUnset(click.IntRange(min=20)))
-@click.option(
-    "--register-as",
-    type=OrUnset(click.STRING),
-    help="Registered model name (default: digit-classifier).",
-)
-@click.option(
+@from_config("--tuner", type=click.Choice(TUNERS), help="How the next trial is chosen.")
+@from_config("--max-trials", type=POSITIVE_INT, help="Trials the search runs in all.")
+@from_config("--epochs", type=POSITIVE_INT, help="Most epochs one trial trains.")
+@data_options()
+@LIMIT
+@from_config("--register-as", help="Registered model name for the best trial's retrained model.")
+@option(
     "--tuning-dir",
-    type=OrUnset(click.STRING),
-    help="Tuner state, for resuming (default: tuning/<experiment>).",
+    type=click.Path(file_okay=False),
+    show_default="tuning/<experiment>",
+    help="Folder of the tuner's state, for resuming.",
 )
-@click.option("--seed", type=OrUnset(click.IntRange(min=0)))
-@click.option(
+@SEED
+@option(
     "--role",
-    type=OrUnset(click.Choice(["chief", "worker"])),
+    type=click.Choice(ROLES),
+    show_default="a search in this process alone",
     help="Distributed search: the oracle (chief) or a trial runner (worker).",
 )
-@click.option(
+@option(
     "--oracle",
     "oracle_address",
-    type=OrUnset(click.STRING),
-    help=f"HOST:PORT of the chief's oracle (default {DEFAULT_ORACLE}); no authentication.",
+    metavar="HOST:PORT",
+    show_default=DEFAULT_ORACLE,
+    help="Address of the chief's oracle, with --role; no authentication.",
 )
-@click.option(
+@option(
     "--worker-id",
-    type=OrUnset(click.STRING),
-    help="Unique name of this worker (default: worker-<host>-<pid>).",
+    show_default="worker-<host>-<pid>",
+    help="Unique name of this worker, with --role worker.",
 )
 def tune(
     config_file: str | None,
@@ -200,9 +247,8 @@ def tune(
     from digitml.data import DataError
     from digitml.tune import SearchEnded, TuningStateError, run_search
 
-    overrides["data_dir"] = _data_dir(overrides["data_dir"])
     try:
-        config = load_tune_config(config_file or "tune", overrides)
+        config = load_tune_config(config_file, overrides)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     if not role and (oracle_address or worker_id):
@@ -256,20 +302,16 @@ def _set_keras_tuner_distribution(tuner_id: str, oracle_address: str) -> None:
 
 
 @cli.command()
-@click.option(
+@option(
     "--model-uri", required=True, help="runs:/RUN_ID/model, models:/NAME@ALIAS or models:/NAME/N."
 )
-@data_options
-def evaluate(
-    model_uri: str, dataset: str | None, data_dir: str | None, experiment: str | None
-) -> None:
+@data_options(dataset="mnist", experiment="digitml")
+def evaluate(model_uri: str, dataset: str, data_dir: str | None, experiment: str) -> None:
     """Score a logged or registered model on the full test set, as a new MLflow run."""
     from digitml.evaluate import evaluate_model
 
     with _user_errors():
-        evaluation = evaluate_model(
-            model_uri, dataset or "mnist", _data_dir(data_dir), experiment or "digitml"
-        )
+        evaluation = evaluate_model(model_uri, dataset, data_dir, experiment)
     metrics = evaluation.metrics
     click.echo(f"model:          {model_uri}")
     click.echo(f"evaluation run: {evaluation.run_id}")
@@ -282,50 +324,31 @@ def evaluate(
 
 
 @cli.command()
-@click.option(
-    "--model-uri", required=True, help="The candidate: runs:/RUN_ID/model or models:/NAME/N."
-)
-@click.option(
-    "--name", default="digit-classifier", show_default=True, help="Registered model name."
-)
-@click.option("--alias", default="champion", show_default=True)
-@click.option(
+@option("--model-uri", required=True, help="The candidate: runs:/RUN_ID/model or models:/NAME/N.")
+@option("--name", default="digit-classifier", help="Registered model name.")
+@option("--alias", default="champion", help="The alias the better model holds.")
+@option(
     "--min-delta",
     type=click.FloatRange(min=0),
     default=0.0,
-    show_default=True,
     help="Accuracy margin the candidate must add.",
 )
-@click.option("--force", is_flag=True, help="Move the alias whatever the comparison says.")
-@data_options
-def promote(
-    model_uri: str,
-    dataset: str | None,
-    data_dir: str | None,
-    experiment: str | None,
-    **options: Any,
-) -> None:
+@option("--force", is_flag=True, help="Move the alias whatever the comparison says.")
+@data_options(dataset="mnist", experiment="digitml")
+def promote(model_uri: str, **options: Any) -> None:
     """Register a candidate and move the alias to it only if it is at least as accurate."""
     from digitml.registry import promote as promote_candidate
 
     with _user_errors():
-        decision = promote_candidate(
-            model_uri,
-            dataset=dataset or "mnist",
-            data_dir=_data_dir(data_dir),
-            experiment=experiment or "digitml",
-            **options,
-        )
+        decision = promote_candidate(model_uri, **options)
     click.echo(decision.message)
 
 
 @cli.command()
-@click.option(
+@option(
     "--model-uri", required=True, help="runs:/RUN_ID/model, models:/NAME@ALIAS or models:/NAME/N."
 )
-@click.option(
-    "--json", "as_json", is_flag=True, help="One JSON object per line instead of a table."
-)
+@option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def predict(model_uri: str, as_json: bool, images: tuple[str, ...]) -> None:
     """Classify image files: prints `file  digit  confidence` per file."""
@@ -380,12 +403,16 @@ def _user_errors():
 
 
 @cli.command()
-@click.option(
-    "--model-uri", help="Model to load in-process (default models:/digit-classifier@champion)."
+@option(
+    "--model-uri", show_default=DEFAULT_APP_MODEL_URI, help="Model to load in the page's process."
 )
-@click.option("--endpoint", help="A running `mlflow models serve` invocations URL to ask instead.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the page listens on.")
+@option(
+    "--endpoint",
+    show_default="none: load --model-uri",
+    help="Ask a running `mlflow models serve` instead: its /invocations URL.",
+)
+@option("--port", type=click.IntRange(1, 65535), default=8501, help="Port the page listens on.")
+@option("--host", default="127.0.0.1", help="Address the page listens on.")
 def app(model_uri: str | None, endpoint: str | None, port: int, host: str) -> None:
     """Start the upload page (Streamlit; install the `app` extra)."""
     import importlib.util
@@ -394,8 +421,7 @@ def app(model_uri: str | None, endpoint: str | None, port: int, host: str) -> No
     if model_uri and endpoint:
         raise click.UsageError("give --model-uri or --endpoint, not both")
     if importlib.util.find_spec("streamlit") is None:
-        raise click.ClickException('Streamlit is not installed: pip install -e ".[app]"')
-    page = Path(__file__).with_name("app.py")
+        raise click.ClickException('Streamlit is not installed: pip install "digitml[app]"')
     env = {
         **os.environ,
         "DIGITML_APP_MODEL_URI": model_uri or "",
@@ -406,7 +432,7 @@ def app(model_uri: str | None, endpoint: str | None, port: int, host: str) -> No
         "-m",
         "streamlit",
         "run",
-        str(page),
+        str(Path(__file__).with_name("app.py")),
         "--server.port",
         str(port),
         "--server.address",

@@ -1,13 +1,15 @@
 """`digitml train` as a user runs it: real processes (a training SIGKILLed mid-run and resumed,
-one stopped with SIGTERM), a real MLflow store in a temp dir; option checks in-process through
-click's CliRunner."""
+one stopped with SIGTERM), a real MLflow store in a temp dir; option checks, help and shell
+completion in-process through click's CliRunner."""
 
 import gzip
+import importlib.metadata
 import os
 import shutil
 import signal
 from types import SimpleNamespace
 
+import click
 import mlflow
 import pytest
 
@@ -20,6 +22,8 @@ from conftest import (
     start_digits_training,
     tracking_at,
 )
+from digitml.cli import ROLES, cli
+from digitml.config import DATASETS, OPTIMIZERS, PRECISIONS, TUNERS
 
 EPOCHS = 6
 KILL_AFTER = 3
@@ -133,6 +137,7 @@ def test_resume_refuses_other_options():
         (["--dataset", "cifar"], "--dataset"),
         (["--limit", "3"], "--limit"),
         (["--config", "missing.yaml"], "missing.yaml"),
+        (["--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
     ],
 )
 def test_bad_option_is_a_one_line_usage_error_and_leaves_no_run(tracking_uri, args, named):
@@ -173,3 +178,72 @@ def test_sigterm_marks_the_run_killed_and_says_how_to_resume(tracking_uri, tmp_p
     assert f"digitml train --resume {run.info.run_id}" in process.stderr
     assert "Traceback" not in process.stderr
     assert run.info.status == "KILLED"
+
+
+def test_version_is_the_installed_packages():
+    result = invoke_cli("--version")
+    assert result.exit_code == 0
+    assert result.output == f"digitml {importlib.metadata.version('digitml')}\n"
+
+
+@pytest.mark.parametrize(
+    "words, choices",
+    [
+        ("train --optimizer", OPTIMIZERS),
+        ("train --precision", PRECISIONS),
+        ("train --dataset", DATASETS),
+        ("evaluate --dataset", DATASETS),
+        ("tune --tuner", TUNERS),
+        ("tune --role", ROLES),
+    ],
+)
+def test_shell_completion_lists_the_choices(words, choices):
+    """What bash's completion script asks for `digitml WORDS <TAB>`."""
+    completion = {
+        "_DIGITML_COMPLETE": "bash_complete",
+        "COMP_WORDS": f"digitml {words} ",
+        "COMP_CWORD": str(len(words.split()) + 1),
+    }
+    result = invoke_cli(env=completion)
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [f"plain,{choice}" for choice in choices]
+
+
+def help_context(name: str) -> click.Context:
+    """The context `digitml NAME --help` renders in, with the group's settings (show_default)."""
+    group = click.Context(cli, info_name="digitml", **cli.context_settings)
+    return click.Context(cli.commands[name], info_name=name, parent=group)
+
+
+def test_every_command_and_option_has_help_that_shows_its_default():
+    lacking = []
+    for name, command in cli.commands.items():
+        context = help_context(name)
+        lacking += [] if command.help else [name]
+        for option in (param for param in command.params if isinstance(param, click.Option)):
+            _, shown = option.get_help_record(context)
+            has_default = "default:" in shown or option.is_flag or option.required
+            lacking += [] if option.help and has_default else [f"{name} {option.opts[0]}"]
+    assert lacking == []
+
+
+@pytest.mark.parametrize(
+    "name, option, bound",
+    [
+        ("train", "--epochs", "x>=1"),
+        ("train", "--learning-rate", "x>0"),
+        ("train", "--limit", "x>=20"),
+        ("tune", "--max-trials", "x>=1"),
+        ("promote", "--min-delta", "x>=0"),
+        ("app", "--port", "1<=x<=65535"),
+    ],
+)
+def test_help_shows_the_range_of_a_number(name, option, bound):
+    (param,) = [param for param in cli.commands[name].params if option in param.opts]
+    assert bound in param.get_help_record(help_context(name))[1]
+
+
+def test_help_page_lists_the_choices():
+    result = invoke_cli("tune", "--help")
+    assert result.exit_code == 0
+    assert "[hyperband|random|bayesian]" in result.output and "[chief|worker]" in result.output
