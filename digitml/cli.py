@@ -416,7 +416,6 @@ def _user_errors():
 def app(model_uri: str | None, endpoint: str | None, port: int, host: str) -> None:
     """Start the upload page (Streamlit; install the `app` extra)."""
     import importlib.util
-    import subprocess
 
     if model_uri and endpoint:
         raise click.UsageError("give --model-uri or --endpoint, not both")
@@ -442,7 +441,8 @@ def app(model_uri: str | None, endpoint: str | None, port: int, host: str) -> No
         "--browser.gatherUsageStats",
         "false",
     ]
-    sys.exit(subprocess.call(command, env=env))
+    # Streamlit takes this process's place, so SIGTERM and Ctrl-C reach the page's server itself.
+    os.execve(sys.executable, command, env)
 
 
 @cli.command()

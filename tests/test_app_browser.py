@@ -1,10 +1,14 @@
-"""End to end: `digitml app` on a free loopback port, loaded in headless Chromium, an upload."""
+"""End to end: `digitml app` on a free loopback port, loaded in headless Chromium, an upload;
+and stopped with SIGTERM."""
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from serving import free_port, stop_process, wait_for_http
@@ -14,20 +18,55 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-@pytest.fixture
-def app_url(registered_model, tmp_path):
+def start_app(folder: Path, tracking_uri: str) -> tuple[subprocess.Popen, int]:
+    """`digitml app` on a free loopback port, once its page answers: the process and the port."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "digitml.cli", "app", "--port", str(port)],
-        env={**os.environ, "MLFLOW_TRACKING_URI": registered_model},
-        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        cwd=folder,
         stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "app.log").open("w"),
+        stderr=(folder / "app.log").open("w"),
     )
-    url = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{url}/_stcore/health", process, tmp_path / "app.log", timeout=90)
-    yield url
+    wait_for_http(
+        f"http://127.0.0.1:{port}/_stcore/health", process, folder / "app.log", timeout=90
+    )
+    return process, port
+
+
+@pytest.fixture
+def app_url(registered_model, tmp_path):
+    process, port = start_app(tmp_path, registered_model)
+    yield f"http://127.0.0.1:{port}"
     stop_process(process)
+
+
+def streamlit_processes(port: int) -> list[int]:
+    """The ids of the Streamlit processes serving on `port`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            arguments = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        if "streamlit" in arguments and str(port) in arguments:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def test_sigterm_stops_the_page_and_leaves_no_process(tracking_uri, tmp_path):
+    process, port = start_app(tmp_path, tracking_uri)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    left = streamlit_processes(port)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 @pytest.mark.skipif(
