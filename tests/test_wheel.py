@@ -109,11 +109,11 @@ def test_train_with_a_shipped_recipe_from_an_empty_folder(installed, empty_folde
 
 
 def test_tune_with_the_shipped_search_from_an_empty_folder(installed, empty_folder):
-    # --limit 300: the shipped search retrains its winner for 18 epochs (best_epochs), ~100 s of
+    # --limit 100: the shipped search retrains its winner for 18 epochs (best_epochs), ~100 s of
     # this test's ~135 s on the whole of digits; the recipe's loading and running are the same.
     result = digitml(
         installed,
-        "tune --config tune --dataset digits --max-trials 2 --epochs 2 --limit 300",
+        "tune --config tune --dataset digits --max-trials 2 --epochs 2 --limit 100",
         empty_folder,
     )
     assert result.returncode == 0, result.stderr[-3000:]
