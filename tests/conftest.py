@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import queue
 import shutil
@@ -158,23 +160,51 @@ def all_runs(experiment: str = "digitml"):
     return mlflow.search_runs([found.experiment_id], output_format="list")
 
 
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder that every xdist worker of this test run sees (without xdist, the run's own)."""
+    root = tmp_path_factory.getbasetemp()
+    folder = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s lock: one worker at a time, the others wait."""
+    with (folder / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def mnist_model(empty_store, tmp_path_factory):
-    """One real model trained on 20,000 MNIST images (fast recipe), logged in its own store.
+    """One real model trained on 20,000 MNIST images (fast recipe), logged in its own store;
+    trained once per test run, by the first worker that needs it.
 
     Yields (tracking_uri, run_id, local path of the pyfunc `model`).
     """
     from digitml.config import load_config
     from digitml.experiment import run_training
 
-    folder = tmp_path_factory.mktemp("model-store")
-    with tracking_at(new_store(empty_store, folder), folder) as uri:
-        config = load_config(
-            "fast", {"limit": 20_000, "data_dir": str(require_mnist()), "experiment": "model"}
-        )
-        run_id = run_training(config, checkpoint_root=folder / "checkpoints").run_id
-        model_path = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
-    return uri, run_id, model_path
+    folder = shared_folder(tmp_path_factory, "model-store")
+    record = folder / "model.json"
+    with exclusive(folder):
+        if not record.exists():
+            with tracking_at(new_store(empty_store, folder), folder) as uri:
+                config = load_config(
+                    "fast",
+                    {"limit": 20_000, "data_dir": str(require_mnist()), "experiment": "model"},
+                )
+                run_id = run_training(config, checkpoint_root=folder / "checkpoints").run_id
+                (folder / "downloaded").mkdir()
+                model_path = mlflow.artifacts.download_artifacts(
+                    f"runs:/{run_id}/model", dst_path=folder / "downloaded"
+                )
+            record.write_text(json.dumps([uri, run_id, model_path]))
+    return tuple(json.loads(record.read_text()))
 
 
 @pytest.fixture(scope="session")
@@ -182,13 +212,14 @@ def registered_model(mnist_model):
     """The session model registered as `digit-classifier`, alias `champion`; yields tracking URI."""
     uri, run_id, _ = mnist_model
     client = mlflow.MlflowClient(tracking_uri=uri)
-    if not client.search_model_versions("name = 'digit-classifier'"):
-        mlflow.set_tracking_uri(uri)
-        try:
-            version = mlflow.register_model(f"runs:/{run_id}/model", "digit-classifier").version
-        finally:
-            mlflow.set_tracking_uri(None)
-        client.set_registered_model_alias("digit-classifier", "champion", version)
+    with exclusive(Path(uri.removeprefix("sqlite:///")).parent):
+        if not client.search_model_versions("name = 'digit-classifier'"):
+            mlflow.set_tracking_uri(uri)
+            try:
+                version = mlflow.register_model(f"runs:/{run_id}/model", "digit-classifier").version
+            finally:
+                mlflow.set_tracking_uri(None)
+            client.set_registered_model_alias("digit-classifier", "champion", version)
     return uri
 
 
