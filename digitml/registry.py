@@ -14,6 +14,9 @@ from digitml.tracking import PYFUNC_MODEL_NAME
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
+# A version's measured test accuracy on one dataset, and the evaluation run that measured it.
+ACCURACY_TAG = "test_accuracy.{dataset}"
+RUN_TAG = "evaluation_run.{dataset}"
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 _RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 
@@ -105,7 +108,8 @@ def promote(
 ) -> PromotionDecision:
     """Move `alias` to the candidate only if its test accuracy >= the holder's + min_delta (or force).
 
-    Both are evaluated on the same test set; the decision is recorded as tags on the candidate.
+    Both are scored on the same test set (each version once per dataset, see `version_accuracy`);
+    the decision is recorded as tags on the candidate.
     """
     candidate = candidate_version(model_uri, name)
     holder = alias_holder(name, alias)
@@ -131,8 +135,7 @@ def promote(
         )
 
     def accuracy(version: ModelVersion) -> float:
-        uri = f"models:/{name}/{version.version}"
-        return evaluate_model(uri, dataset, data_dir, experiment).metrics["test_accuracy"]
+        return version_accuracy(version, dataset, data_dir, experiment)
 
     candidate_accuracy = accuracy(candidate)
     holder_accuracy = accuracy(holder) if holder is not None else None
@@ -163,6 +166,28 @@ def promote(
         holder_accuracy,
         message,
     )
+
+
+def version_accuracy(
+    version: ModelVersion, dataset: str, data_dir: str | None, experiment: str
+) -> float:
+    """The version's accuracy on `dataset`'s test set: read from the version's tag when an earlier
+    promotion scored it, else scored now (an evaluation run in `experiment`) and tagged.
+
+    A registered version's files never change and a test set is checksum-verified, so the number
+    cannot go stale; the champion is not re-scored at every promotion (10,000 MNIST images)."""
+    tag = ACCURACY_TAG.format(dataset=dataset)
+    if tag in version.tags:
+        return float(version.tags[tag])
+    uri = f"models:/{version.name}/{version.version}"
+    evaluation = evaluate_model(uri, dataset, data_dir, experiment)
+    accuracy = evaluation.metrics["test_accuracy"]
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(version.name, version.version, tag, repr(accuracy))
+    client.set_model_version_tag(
+        version.name, version.version, RUN_TAG.format(dataset=dataset), evaluation.run_id
+    )
+    return accuracy
 
 
 def _already_rejected(

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 
-from conftest import invoke_cli, new_store, run_cli, tracking_at
+from conftest import all_runs, invoke_cli, new_store, run_cli, tracking_at
 from digitml.config import load_config
 from digitml.experiment import run_training
 from digitml.registry import RegistryError
@@ -143,6 +143,20 @@ def test_force_moves_the_alias_to_a_worse_model(history):
     assert forced.state.tags["1"]["promotion_forced"] == "true"
 
 
+def test_each_version_is_scored_once_and_its_score_kept_on_the_version(history):
+    evaluations = [
+        run.data.tags["source_model_uri"]
+        for run in all_runs()
+        if run.data.tags["source_model_uri"].startswith(f"models:/{NAME}/")
+    ]
+    assert sorted(evaluations) == [f"models:/{NAME}/{n}" for n in (1, 2, 3)]
+    tags = history["forced"].state.tags
+    for version in ("1", "2", "3"):
+        run = mlflow.get_run(tags[version]["evaluation_run.digits"])
+        assert float(tags[version]["test_accuracy.digits"]) == run.data.metrics["test_accuracy"]
+    assert tags["1"]["candidate_test_accuracy"] == f"{float(tags['1']['test_accuracy.digits']):.6f}"
+
+
 def test_uri_of_another_model_name_is_refused(store):
     with pytest.raises(RegistryError, match=f"not a version of 'theirs' \\(use --name {NAME}\\)"):
         promote_on(f"models:/{NAME}/1", name="theirs")
@@ -150,9 +164,16 @@ def test_uri_of_another_model_name_is_refused(store):
 
 @pytest.fixture(scope="module")
 def evaluation(store):
-    """`digitml evaluate` of the strong model as a user runs it: (process, its evaluation run)."""
-    result = in_store(store, "evaluate", "--model-uri", store.strong)
-    assert result.returncode == 0, result.stderr[-2000:]
+    """`digitml evaluate` of the strong model: (its CLI result, its evaluation run)."""
+    result = invoke_cli(
+        "evaluate",
+        "--model-uri",
+        store.strong,
+        "--dataset",
+        "digits",
+        env={"MLFLOW_TRACKING_URI": store.uri},
+    )
+    assert result.exit_code == 0, result.stderr[-2000:]
     run_id = result.stdout.split("evaluation run: ")[1].split()[0]
     return result, mlflow.get_run(run_id)
 
