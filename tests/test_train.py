@@ -22,7 +22,12 @@ from digitml.train import Crossentropy, predict_probabilities, train_model
 
 
 def compute_dtypes(model: keras.Model) -> set[str]:
-    return {layer.compute_dtype for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+    """The compute dtypes of the model's convolutions, inside ensemble members too."""
+    return {
+        layer.compute_dtype
+        for layer in leaf_layers(model)
+        if isinstance(layer, keras.layers.Conv2D)
+    }
 
 
 EPOCHS = 3  # enough for over 90 % on digits, alone and as an ensemble
@@ -30,12 +35,13 @@ GLOBAL_POLICY = "mixed_float16"  # what a notebook may have set before training
 
 
 @pytest.fixture(scope="module")
-def bfloat16_training():
-    """The fast recipe trained for a few epochs on sklearn's digits in mixed bfloat16, while the
-    global dtype policy was another one: (result, splits, the convolutions' compute dtypes seen
-    while it trained, the global policy right after)."""
+def ensemble_training():
+    """Two copies of the fast recipe's network trained side by side on sklearn's digits in mixed
+    bfloat16 (as the default recipe's three do where the CPU has it; two show what any number
+    does), while the global dtype policy was another one: (result, splits, the convolutions'
+    compute dtypes seen while it trained, the global policy right after)."""
     config = load_config(
-        "fast", {"dataset": "digits", "epochs": EPOCHS, "precision": "mixed_bfloat16"}
+        "fast", {"dataset": "digits", "epochs": EPOCHS, "members": 2, "precision": "mixed_bfloat16"}
     )
     splits = make_splits(load_digits(), config.val_fraction, config.seed)
     seen: list[set[str]] = []
@@ -48,18 +54,28 @@ def bfloat16_training():
     return result, splits, seen, policy_after
 
 
-def test_mixed_bfloat16_trains_in_bfloat16(bfloat16_training):
-    _, _, seen, _ = bfloat16_training
+def test_mixed_bfloat16_trains_in_bfloat16(ensemble_training):
+    _, _, seen, _ = ensemble_training
     assert seen == [{"bfloat16"}]
 
 
-def test_trained_model_computes_in_float32_and_learned(bfloat16_training):
-    result, splits, _, _ = bfloat16_training
-    assert compute_dtypes(result.model) == {"float32"}
+def test_trained_model_computes_in_float32_and_learned(ensemble_training):
+    result, splits, _, _ = ensemble_training
+    computing = [
+        layer
+        for layer in leaf_layers(result.model)
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]  # an InputLayer takes the global policy's name whatever its dtype, and computes nothing
+    assert {layer.compute_dtype for layer in computing} == {"float32"}
     probabilities = predict_probabilities(result.model, splits.test_images)
     assert probabilities.dtype == np.float32
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert (probabilities.argmax(axis=1) == splits.test_labels).mean() > 0.9
+
+
+def test_training_leaves_the_global_dtype_policy_as_it_was(ensemble_training):
+    *_, policy_after = ensemble_training
+    assert policy_after == GLOBAL_POLICY
 
 
 def test_float32_copy_keeps_the_weights_and_the_answers():
@@ -72,11 +88,6 @@ def test_float32_copy_keeps_the_weights_and_the_answers():
     images = load_digits().test_images[:64]
     bf16 = np.asarray(model.predict_on_batch(images), np.float32)
     assert np.abs(bf16 - np.asarray(copy.predict_on_batch(images))).max() < 0.05
-
-
-def test_training_leaves_the_global_dtype_policy_as_it_was(bfloat16_training):
-    *_, policy_after = bfloat16_training
-    assert policy_after == GLOBAL_POLICY
 
 
 # Flags as /proc/cpuinfo lists them (abridged) on CPUs with and without native bfloat16.
@@ -109,19 +120,8 @@ def test_explicit_precision_is_kept_and_auto_reads_this_machine():
         assert {"fpu", "sse2"} <= cpu_flags()  # every x86-64 CPU reports these
 
 
-@pytest.fixture(scope="module")
-def ensemble_training():
-    """Two copies of the fast recipe's network trained side by side on digits, in bfloat16 (two
-    show what any number does: each its own start, one loss each, the average served)."""
-    config = load_config(
-        "fast", {"dataset": "digits", "epochs": EPOCHS, "members": 2, "precision": "mixed_bfloat16"}
-    )
-    splits = make_splits(load_digits(), config.val_fraction, config.seed)
-    return train_model(config, splits, progress="none"), splits
-
-
 def test_ensemble_serves_the_average_of_its_independently_started_members(ensemble_training):
-    result, splits = ensemble_training
+    result, splits, _, _ = ensemble_training
     model = result.model
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert len(members) == 2 and model.output_shape == (None, 10)
@@ -130,11 +130,10 @@ def test_ensemble_serves_the_average_of_its_independently_started_members(ensemb
     images = splits.test_images[:32]
     each = [np.asarray(member.predict_on_batch(images)) for member in members]
     np.testing.assert_allclose(model.predict_on_batch(images), np.mean(each, axis=0), atol=1e-6)
-    assert {layer.compute_dtype for layer in leaf_layers(model)} == {"float32"}
 
 
 def test_ensemble_reports_the_averaged_accuracy_per_epoch(ensemble_training):
-    result, splits = ensemble_training
+    result, splits, _, _ = ensemble_training
     assert len(result.history["accuracy"]) == len(result.history["val_accuracy"]) == EPOCHS
     probabilities = predict_probabilities(result.model, splits.val_images)
     accuracy = (probabilities.argmax(axis=1) == splits.val_labels).mean()
@@ -143,7 +142,7 @@ def test_ensemble_reports_the_averaged_accuracy_per_epoch(ensemble_training):
 
 
 def test_ensemble_saves_and_loads_as_a_plain_keras_model(ensemble_training, tmp_path):
-    result, splits = ensemble_training
+    result, splits, _, _ = ensemble_training
     result.model.save(tmp_path / "ensemble.keras")
     loaded = keras.models.load_model(tmp_path / "ensemble.keras", compile=False)
     images = splits.test_images[:32]
