@@ -206,6 +206,11 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
 @from_config("--tuner", type=click.Choice(TUNERS), help="How the next trial is chosen.")
 @from_config("--max-trials", type=POSITIVE_INT, help="Trials the search runs in all.")
 @from_config("--epochs", type=POSITIVE_INT, help="Most epochs one trial trains.")
+@from_config(
+    "--best-epochs",
+    type=POSITIVE_INT,
+    help="Epochs the best configuration is retrained for (none in the file: the base recipe's).",
+)
 @data_options()
 @LIMIT
 @from_config("--register-as", help="Registered model name for the best trial's retrained model.")
