@@ -240,6 +240,34 @@ def chief_reachable(address: str, timeout: float = CHIEF_TIMEOUT_SECONDS) -> boo
         channel.close()
 
 
+def serve_oracle(tuner: DigitTuner, address: str) -> None:
+    """The chief's part of a distributed search: serve the oracle to the workers on `address`
+    until every trial has been handed out and every worker has left.
+
+    keras-tuner's own loop (`oracle_chief.start_server`, which `search` runs on a chief) checks
+    that only every 20 s once the last trial is handed out, so the chief outlived its search by
+    up to 20 s; this one checks every second."""
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute import oracle_chief
+
+    tuner.oracle.verbose = 0
+    tuner.save()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    servicer = oracle_chief.OracleServicer(tuner.oracle)
+    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    server.add_insecure_port(address)
+    server.start()
+    print(f"oracle listening on {address}; start workers with --role worker", flush=True)
+    try:
+        while not (servicer.stop_triggered and oracle_chief.exit_chief(tuner.oracle)):
+            time.sleep(1)
+    finally:
+        server.stop(grace=None)
+
+
 def progress_line(oracle: kt.Oracle, trial: kt.engine.trial.Trial, context: SearchContext) -> str:
     """`trial k/N  hp=…  score  best  elapsed  left` for one finished trial.
 
@@ -336,15 +364,14 @@ def run_search(
     with tracking.search_run(config, parent_file) as parent:
         if role == "chief":
             mlflow.set_tag(tracking.ORACLE_TAG, oracle_address)
-            print(
-                f"oracle listening on {oracle_address}; start workers with --role worker",
-                flush=True,
-            )
         context = SearchContext(
             config, base, splits, parent.info.run_id, parent.info.experiment_id, time.monotonic()
         )
         tuner = reload_tuner(context, tuning_dir)
-        tuner.search(verbose=0)
+        if role == "chief":
+            serve_oracle(tuner, oracle_address)
+        else:
+            tuner.search(verbose=0)
         trials = list(tuner.oracle.trials.values())
         tracking.log_search_summary(trials, parent.info.run_id)
         best = tuner.oracle.get_best_trials(1)
