@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import run_cli
+from conftest import invoke_cli
 from digitml.models import MODEL_NAMES, build_model
 
 
@@ -41,9 +41,9 @@ def test_unknown_model_param_is_rejected():
         build_model("baseline", {"heads": 2})
 
 
-def test_models_command_prints_every_architecture_with_its_count(tmp_path):
-    result = run_cli("models", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_models_command_prints_every_architecture_with_its_count():
+    result = invoke_cli("models")
+    assert result.exit_code == 0, result.stderr
     for name in MODEL_NAMES:
         assert name in result.stdout
     assert "2,055,306" in result.stdout

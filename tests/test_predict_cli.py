@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import invoke_cli, require_mnist, run_cli
+from conftest import invoke_cli, require_mnist
 from digitml.data import load_mnist_dir
 
 
@@ -48,19 +48,15 @@ def test_predict_json_has_probabilities(mnist_model, files, monkeypatch):
     assert record["confidence"] == pytest.approx(max(record["probabilities"]))
 
 
-def test_unreadable_files_get_the_servers_messages_and_a_non_zero_exit(mnist_model, files):
+def test_unreadable_files_get_the_servers_messages_and_a_non_zero_exit(
+    mnist_model, files, monkeypatch
+):
     _, _, model_path = mnist_model
-    result = run_cli(
-        "predict",
-        "--model-uri",
-        model_path,
-        "seven.png",
-        "notes.txt",
-        "blank.png",
-        "missing.png",
-        cwd=files,
+    monkeypatch.chdir(files)
+    result = invoke_cli(
+        "predict", "--model-uri", model_path, "seven.png", "notes.txt", "blank.png", "missing.png"
     )
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert result.stdout.split()[:2] == ["seven.png", "7"]
     errors = result.stderr.strip().splitlines()[-3:]
     assert errors[0].startswith("notes.txt: not a readable image")
