@@ -154,6 +154,7 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
             **kwargs,
         )
         if context.oracle_address is None:  # a worker sees the oracle only through the chief
+            retry_unfinished_trials(self.oracle)
             context.ended_at_start = ended_trials(self.oracle)
 
     def run_trial(self, trial: kt.engine.trial.Trial, **_: Any) -> dict[str, float]:
@@ -296,6 +297,24 @@ def progress_line(oracle: kt.Oracle, trial: kt.engine.trial.Trial, context: Sear
         f"{counter}  {values}  {OBJECTIVE} {score}  best {best_score}  "
         f"elapsed {_clock(elapsed)}{left}"
     )
+
+
+def retry_unfinished_trials(oracle: kt.Oracle) -> None:
+    """Make the reloaded oracle's retry queue agree with the trials' own files.
+
+    keras-tuner writes a trial's file, then the oracle's state, and on reload re-runs the trials
+    that state lists as ongoing or queued. A kill between the two writes leaves them disagreeing:
+    a new trial saved as running but not listed would never run (the search would end a trial
+    short), and an ended trial still listed would train again."""
+    statuses = {trial.trial_id: trial.status for trial in oracle.trials.values()}
+    ended = (kt.engine.trial.TrialStatus.COMPLETED, kt.engine.trial.TrialStatus.FAILED)
+    queue = [trial_id for trial_id in oracle._retry_queue if statuses.get(trial_id) not in ended]
+    orphans = [
+        trial_id
+        for trial_id, status in statuses.items()
+        if status == kt.engine.trial.TrialStatus.RUNNING and trial_id not in queue
+    ]
+    oracle._retry_queue = queue + sorted(orphans, reverse=True)  # popped from the end
 
 
 def ended_trials(oracle: kt.Oracle) -> int:

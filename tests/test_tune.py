@@ -1,6 +1,7 @@
 """`digitml tune` for real: Keras Tuner trials on sklearn digits, nested runs in a real store."""
 
 import io
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -195,18 +196,61 @@ def test_tuning_folder_of_another_store_is_refused(tracking_uri, tmp_path):
     assert all_runs("tune-test") == []
 
 
-def test_search_state_cut_short_is_named_instead_of_a_traceback(search, tmp_path):
-    """A trial file left empty by a kill (before state files were written atomically)."""
+def copied_search(search, folder: Path) -> Path:
+    """The finished search's store and tuning folder copied into `folder`: the Keras Tuner
+    project folder (oracle.json, trial_0 … trial_3)."""
     for name in ("mlflow.db", "tuning"):
         copy = shutil.copytree if (search.folder / name).is_dir() else shutil.copy
-        copy(search.folder / name, tmp_path / name)
-    (next((tmp_path / "tuning").rglob("trial.json"))).write_text("")
+        copy(search.folder / name, folder / name)
+    return next((folder / "tuning").rglob("oracle.json")).parent
+
+
+def test_search_state_cut_short_is_named_instead_of_a_traceback(search, tmp_path):
+    """A trial file left empty by a kill (before state files were written atomically)."""
+    (copied_search(search, tmp_path) / "trial_0" / "trial.json").write_text("")
     with tracking_at(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path):
         result = invoke_cli("tune", "--config", str(search.folder / "search.yaml"))
     assert result.exit_code == 1
     assert "holds a search state file that is cut short" in result.stderr
     assert f"delete {Path('tuning') / 'tune-test'}" in result.stderr
     assert "Traceback" not in result.output
+
+
+def edit_json(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("killed_after", ["a new trial's file", "an ended trial's file"])
+def test_a_kill_between_keras_tuners_two_writes_neither_loses_nor_repeats_a_trial(
+    search, tmp_path, killed_after
+):
+    """Keras Tuner writes a trial's file, then the oracle's state; the kill lands in between."""
+    project = copied_search(search, tmp_path)
+    if killed_after == "a new trial's file":  # trial 3 just created: it must still run
+        for item in (project / "trial_3").iterdir():
+            if item.name != "trial.json":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        edit_json(project / "trial_3" / "trial.json", lambda trial: trial.update(status="RUNNING"))
+        edit_json(project / "oracle.json", lambda oracle: oracle["start_order"].remove("3"))
+        expected = ["4/4"]
+    else:  # trial 3 just ended, the state still lists it as running: it must not run again
+        edit_json(
+            project / "oracle.json", lambda oracle: oracle.update(ongoing_trials={"tuner0": "3"})
+        )
+        expected = []
+    with tracking_at(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path):
+        result = invoke_cli("tune", "--config", str(search.folder / "search.yaml"))
+        trials = runs_by_kind("trial")
+    assert result.exit_code == 0, result.output[-3000:]
+    ran = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("trial ")]
+    assert ran == expected
+    statuses = [
+        json.loads(path.read_text())["status"] for path in project.glob("trial_*/trial.json")
+    ]
+    assert statuses == ["COMPLETED"] * 4
+    assert len(trials) == 4 and all(run.info.status == "FINISHED" for run in trials)
 
 
 def test_bad_search_space_is_a_usage_error(tracking_uri, tmp_path):
