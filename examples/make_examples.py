@@ -1,4 +1,5 @@
-"""Draw the README's example images (our own drawings, not MNIST) and the preprocessing figure.
+"""Draw the README's example images (our own drawings, not MNIST) into examples/, and the
+preprocessing figure into docs/ (so `examples/*` holds digits only).
 
 python examples/make_examples.py
 """
@@ -16,6 +17,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from digitml.imaging import image_to_array  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs"
 
 
 def seven() -> Image.Image:
@@ -57,7 +59,7 @@ def main() -> None:
         for axes in grid[:, column]:
             axes.axis("off")
     figure.tight_layout()
-    figure.savefig(HERE / "preprocessing.png", dpi=80)
+    figure.savefig(DOCS / "preprocessing.png", dpi=80)
 
 
 if __name__ == "__main__":

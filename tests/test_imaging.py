@@ -8,14 +8,19 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from drawings import big_stroke_mask, canvas_png, photo_jpeg
+from drawings import encoded as png
 from PIL import Image, ImageFilter
 
 from conftest import require_mnist
 from digitml.data import load_mnist_dir
 from digitml.imaging import (
     MAX_IMAGE_PIXELS,
+    MAX_REQUEST_PIXELS,
     ImageInputError,
+    image_array,
     image_to_array,
+    open_image,
     pixels_to_array,
     rows_to_batch,
 )
@@ -35,18 +40,6 @@ def digits():
 def classifier(mnist_model):
     _, _, model_path = mnist_model
     return mlflow.pyfunc.load_model(model_path)
-
-
-def png(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def big_stroke_mask(digit: np.ndarray, scale: int) -> Image.Image:
-    """The digit's ink as a smooth binary mask `scale` times larger."""
-    large = Image.fromarray(digit).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
-    return large.point(lambda value: 255 if value > 100 else 0)
 
 
 def thin_dark_on_large_white(digit: np.ndarray) -> bytes:
@@ -139,6 +132,35 @@ def test_the_naive_pipeline_fails_where_ours_works(digits, classifier):
     assert naive_accuracy < 0.5 < 0.9 <= ours
 
 
+@pytest.mark.parametrize("make", [canvas_png, photo_jpeg], ids=lambda make: make.__name__)
+def test_a_trained_model_reads_full_size_canvases_and_photos(digits, classifier, make):
+    images, labels = digits
+    frame = pd.DataFrame({"image": [make(digit) for digit in images[:5]]})
+    assert classifier.predict(frame)["digit"].tolist() == labels[:5].tolist()
+
+
+def test_a_large_jpeg_is_decoded_scaled_down_and_in_grey(digits):
+    image = open_image(photo_jpeg(digits[0][0]))
+    assert image.size == (750, 1000) and image.mode == "L"  # 3000x4000 at 1/4
+    assert image_array(image).shape == (28, 28)
+
+
+def test_a_request_over_the_pixel_budget_is_refused_before_any_image_is_decoded():
+    page = png(Image.new("L", (4000, 4000), 255))  # 16 M pixels, a few kB
+    cut_short = png(Image.new("L", (4000, 4000), 128))[:-200]  # a readable header, no end
+    rows = [{"image": page}] * (MAX_REQUEST_PIXELS // 16_000_000) + [{"image": cut_short}]
+    with pytest.raises(ImageInputError) as refused:
+        rows_to_batch(rows)
+    assert str(refused.value) == (
+        f"the request's images decode to {len(rows) * 16_000_000:,} pixels, over the limit of "
+        f"{MAX_REQUEST_PIXELS:,} per request: send them in smaller batches"
+    )
+    with pytest.raises(ImageInputError, match="row 0: image: the image is blank"):
+        rows_to_batch(rows[:1] + rows[-1:])  # under the budget, each image is decoded in turn
+    with pytest.raises(ImageInputError, match="row 0: image: not a readable image"):
+        rows_to_batch(rows[-1:])
+
+
 def test_base64_text_is_read_like_bytes(digits):
     image = inverted_mnist(digits[0][0])
     assert np.array_equal(image_to_array(base64.b64encode(image).decode()), image_to_array(image))
@@ -187,6 +209,8 @@ def test_decompression_bomb_is_refused_before_decoding():
         (np.full((28, 28), np.inf), "NaN or infinity"),
         (np.full((28, 28), -1.0), "0-255"),
         ([["a"] * 28] * 28, "not a numeric"),
+        ("%%% not base64", "not valid base64"),
+        (base64.b64encode(bytes(28 * 28 + 1)).decode(), "base64 of 785 bytes, expected 784"),
     ],
 )
 def test_bad_pixels_are_named(pixels, message):

@@ -13,7 +13,7 @@ from serving import ModelServer
 
 from conftest import require_mnist
 from digitml.data import load_mnist_dir
-from digitml.imaging import MAX_BATCH, MAX_IMAGE_BYTES
+from digitml.imaging import MAX_BATCH, MAX_IMAGE_BYTES, MAX_REQUEST_PIXELS
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,9 @@ def test_pixels_rows_are_classified(server, mnist_test):
     status, body = server.post(records(*[{"pixels": digit.tolist()} for digit in images]))
     assert status == 200, body
     assert [p["digit"] for p in json.loads(body)["predictions"]] == labels.tolist()
+    packed = [{"pixels": base64.b64encode(digit.tobytes()).decode()} for digit in images]
+    status, packed_body = server.post(records(*packed))
+    assert status == 200 and json.loads(packed_body) == json.loads(body)
 
 
 def test_image_and_pixels_rows_mix_in_one_batch(server, mnist_test):
@@ -113,6 +116,7 @@ def test_image_and_pixels_rows_mix_in_one_batch(server, mnist_test):
 
 
 BLANK = encode(Image.new("L", (200, 200), 255))
+PAGE = encode(Image.new("L", (4000, 4000), 255))  # 16 M pixels in a few kB
 BAD_REQUESTS = {
     "malformed JSON": ('{"dataframe_records": [', "JSON"),
     "JSON that is not an object": ("[1, 2, 3]", "must be a JSON dictionary"),
@@ -140,7 +144,11 @@ BAD_REQUESTS = {
     "zero-size image": (records({"image": png_with_size(0, 0)}), "not a readable image"),
     "image over the pixel limit": (
         records({"image": encode(Image.new("L", (4100, 4100), 255))}),
-        "over the limit",
+        "row 0: image: 4100x4100 pixels, over the limit of",
+    ),
+    "images over the request's pixel budget": (
+        records(*[{"image": PAGE}] * (MAX_REQUEST_PIXELS // 16_000_000 + 1)),
+        f"pixels, over the limit of {MAX_REQUEST_PIXELS:,} per request",
     ),
     "image over the byte limit": (
         records({"image": "A" * (MAX_IMAGE_BYTES * 4 // 3 + 400)}),
@@ -159,7 +167,7 @@ BAD_REQUESTS = {
     "pixels 27x28": (records({"pixels": [[0] * 28] * 27}), "28x28"),
     "pixels 3D": (records({"pixels": [[[0] * 28] * 28] * 2}), "28x28"),
     "pixels flat short list": (records({"pixels": list(range(10))}), "28x28"),
-    "pixels scalar": (records({"pixels": 7}), "row 0: pixels: not a numeric 28x28 array"),
+    "pixels scalar": (records({"pixels": 7}), "row 0: pixels: expected shape 28x28, got a scalar"),
     "pixels NaN": (
         '{"dataframe_records": [{"pixels": ' + json.dumps([[float("nan")] * 28] * 28) + "}]}",
         "row 0: pixels: contains NaN or infinity",
@@ -175,6 +183,10 @@ BAD_REQUESTS = {
     "pixels over 255": (records({"pixels": [[300] * 28] * 28}), "0-255"),
     "pixels negative": (records({"pixels": [[-5] * 28] * 28}), "0-255"),
     "pixels as text": (records({"pixels": [["dark"] * 28] * 28}), "not a numeric 28x28 array"),
+    "pixels as base64 of 27x28 bytes": (
+        records({"pixels": base64.b64encode(bytes(27 * 28)).decode()}),
+        "row 0: pixels: base64 of 756 bytes, expected 784 (28x28 uint8)",
+    ),
     "empty batch": (records(), "empty"),
     "empty split batch": (
         json.dumps({"dataframe_split": {"columns": ["image"], "data": []}}),
