@@ -49,6 +49,7 @@ class ModelServer:
         timeout: float = 180,
         env_manager: str = "local",
         cwd: Path | None = None,
+        workers: int = 1,
     ):
         # A file, not a pipe: nobody reads the server's log while it runs, and a full pipe blocks it.
         self.log = Path(tempfile.mkstemp(prefix="mlflow-serve-", suffix=".log")[1])
@@ -69,7 +70,7 @@ class ModelServer:
                 "--env-manager",
                 env_manager,
                 "--workers",
-                "1",
+                str(workers),
             ],
             env={
                 **os.environ,
