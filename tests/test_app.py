@@ -1,12 +1,12 @@
 """The upload page driven by Streamlit's AppTest, with real images and a real registered model."""
 
 import dataclasses
-import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from drawings import encoded
 from PIL import Image, ImageDraw
 from serving import free_port
 from streamlit.testing.v1 import AppTest
@@ -24,15 +24,11 @@ def drawn_seven() -> bytes:
     pen = ImageDraw.Draw(page)
     pen.line([(180, 120), (420, 115)], fill=(20, 20, 20), width=14)
     pen.line([(420, 115), (300, 420)], fill=(20, 20, 20), width=14)
-    buffer = io.BytesIO()
-    page.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encoded(page)
 
 
 def blank() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (100, 100), 255).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encoded(Image.new("L", (100, 100), 255))
 
 
 @pytest.fixture
@@ -48,9 +44,7 @@ def drawn_mnist(digit: np.ndarray) -> bytes:
     """An MNIST test digit drawn dark on a light 400x300 page."""
     page = Image.new("L", (400, 300), 245)
     page.paste(Image.fromarray(255 - digit).resize((224, 224)), (90, 40))
-    buffer = io.BytesIO()
-    page.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encoded(page)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
 """The served model over REST: a real `mlflow models serve` on loopback, good and bad requests."""
 
 import base64
-import io
 import json
 import struct
 import zlib
 
 import numpy as np
 import pytest
+from drawings import encoded
 from PIL import Image
 from serving import ModelServer
 
@@ -31,9 +31,7 @@ def mnist_test():
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return base64.b64encode(encoded(image, fmt)).decode()
 
 
 def drawn(digit: np.ndarray) -> Image.Image:
