@@ -168,15 +168,17 @@ def main() -> None:
                 "input", "p50 one image (ms)", "p99 one image (ms)", f"images/s, batches of {BATCH}"
             )
             row("---", "---", "---", "---")
-            canvases = []
+            files_of = {
+                make: [make(digit) for digit in digits[:BATCH]] for make, _ in KINDS.values()
+            }
             for kind, (make, count) in KINDS.items():
-                files = [make(digit) for digit in digits[:BATCH]]
-                canvases = files if make is canvas_png else canvases
+                files = files_of[make]
                 p50, p99 = percentiles(
                     one_image_latencies(server, [image_records([f]) for f in files], count)
                 )
                 rate = batch_rate(server, image_records(files), BATCH, BATCH_REQUESTS)
                 row(kind, f"{p50:.1f}", f"{p99:.1f}", f"{rate:,.0f}")
+            canvases = files_of[canvas_png]
             big = canvases * (BIG_BATCH // BATCH) + canvases[: BIG_BATCH % BATCH]
             seconds = post_ok(server, image_records(big))
             print(f"\n{BIG_BATCH} canvas PNGs in one request: HTTP 200 in {seconds:.2f} s")
