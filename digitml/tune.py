@@ -153,7 +153,11 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
             overwrite=False,
             **kwargs,
         )
-        if context.oracle_address is None:  # a worker sees the oracle only through the chief
+        # A worker sees the oracle only through the chief. Keras Tuner reloads the trials in the
+        # order a glob lists their folders; in creation order (ids are zero-padded), a tie for the
+        # best score goes to the same trial as before the restart, whose params MLflow holds.
+        if context.oracle_address is None:
+            self.oracle.trials = dict(sorted(self.oracle.trials.items()))
             retry_unfinished_trials(self.oracle)
             context.ended_at_start = ended_trials(self.oracle)
 

@@ -253,6 +253,24 @@ def test_a_kill_between_keras_tuners_two_writes_neither_loses_nor_repeats_a_tria
     assert len(trials) == 4 and all(run.info.status == "FINISHED" for run in trials)
 
 
+def test_a_tie_for_best_goes_to_the_same_trial_after_a_restart(search, tmp_path):
+    """Trial 3 ties the best earlier trial: re-running the finished search keeps the best params
+    MLflow already holds (it refuses to change a logged param) instead of following the order
+    Keras Tuner happened to reload the trial folders in."""
+    project = copied_search(search, tmp_path)
+    scores = {
+        path.parent.name: json.loads(path.read_text())["score"]
+        for path in project.glob("trial_*/trial.json")
+    }
+    best = max(("trial_0", "trial_1", "trial_2"), key=scores.get)
+    edit_json(project / "trial_3" / "trial.json", lambda trial: trial.update(score=scores[best]))
+    with tracking_at(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path):
+        result = invoke_cli("tune", "--config", str(search.folder / "search.yaml"))
+        (parent,) = runs_by_kind("tune")
+    assert result.exit_code == 0, result.output[-3000:]
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(scores[best])
+
+
 def test_bad_search_space_is_a_usage_error(tracking_uri, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("search_space:\n  dense_units: {type: integer}\n")
