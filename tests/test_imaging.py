@@ -161,6 +161,20 @@ def test_a_request_over_the_pixel_budget_is_refused_before_any_image_is_decoded(
         rows_to_batch(rows[-1:])
 
 
+def test_a_batchs_images_are_prepared_side_by_side_and_kept_in_row_order(digits):
+    files = [canvas_png(digit) for digit in digits[0][:6]]
+    one_at_a_time = np.stack([image_to_array(data) for data in files])
+    rows = [{"image": data} for data in files]
+    rows.insert(2, {"pixels": digits[0][6]})
+    batch = rows_to_batch(rows)[..., 0]
+    assert np.array_equal(np.delete(batch, 2, axis=0), one_at_a_time)
+    assert np.array_equal(batch[2], pixels_to_array(digits[0][6]))
+    blank = png(Image.new("L", (64, 64), 255))
+    cut_short = png(Image.new("L", (400, 400), 128))[:-200]  # fails only when decoded
+    with pytest.raises(ImageInputError, match="row 3: image: the image is blank"):
+        rows_to_batch(rows[:3] + [{"image": blank}] + rows[3:5] + [{"image": cut_short}])
+
+
 def test_base64_text_is_read_like_bytes(digits):
     image = inverted_mnist(digits[0][0])
     assert np.array_equal(image_to_array(base64.b64encode(image).decode()), image_to_array(image))
