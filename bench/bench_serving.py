@@ -129,7 +129,7 @@ def in_process_rate(path: str, images: np.ndarray) -> float:
 
 def train_reference_model(store: str) -> str:
     from digitml.config import load_config
-    from digitml.experiment import run_training
+    from digitml.training_run import run_training
 
     os.chdir(store)
     config = load_config("fast", {"limit": 20_000, "data_dir": os.environ["DIGITML_DATA_DIR"]})

@@ -9,22 +9,67 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
+import os
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from digitml.config import AppSettings
+from digitml.config import DEFAULT_APP_MODEL_URI
 from digitml.imaging import ImageInputError, image_to_array
+from digitml.predict import one_image_message, predicted
+from digitml.registry import RegistryError, registered_name, registered_version
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
 ENDPOINT_TIMEOUT = 10
-_REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+
+
+@dataclass
+class AppSettings:
+    """What the page talks to: a model URI (loaded in-process) or a REST endpoint."""
+
+    model_uri: str = DEFAULT_APP_MODEL_URI
+    endpoint: str | None = None
+
+    @classmethod
+    def from_env(cls) -> AppSettings:
+        """`digitml app` passes its options to the Streamlit process through the environment."""
+        return cls(
+            model_uri=os.environ.get("DIGITML_APP_MODEL_URI") or DEFAULT_APP_MODEL_URI,
+            endpoint=os.environ.get("DIGITML_APP_ENDPOINT") or None,
+        )
+
+
+def start_page(settings: AppSettings, host: str, port: int) -> None:
+    """Replace this process with Streamlit serving this page, so SIGTERM and Ctrl-C reach the
+    page's server itself."""
+    env = {
+        **os.environ,
+        "DIGITML_APP_MODEL_URI": settings.model_uri,
+        "DIGITML_APP_ENDPOINT": settings.endpoint or "",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(Path(__file__)),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    os.execve(sys.executable, command, env)
 
 
 class PredictionError(RuntimeError):
@@ -49,12 +94,10 @@ def predict_local(model_uri: str, image: bytes) -> Prediction:
     import mlflow
 
     try:
-        row = load_local_model(model_uri).predict(pd.DataFrame({"image": [image]})).iloc[0]
+        answer = predicted(load_local_model(model_uri), ["image"], [image])[0]
     except mlflow.exceptions.MlflowException as error:
-        raise PredictionError(
-            error.message.splitlines()[-1].replace("row 0: image: ", "")
-        ) from error
-    return Prediction(int(row["digit"]), float(row["confidence"]), list(row["probabilities"]))
+        raise PredictionError(one_image_message(error.message)) from error
+    return Prediction(answer.digit, answer.confidence, answer.probabilities)
 
 
 def predict_endpoint(endpoint: str, image: bytes) -> Prediction:
@@ -80,25 +123,25 @@ def _error_message(body: bytes) -> str:
         message = json.loads(body).get("message", "")
     except (ValueError, AttributeError):
         return body.decode(errors="replace")[:200]
-    return message.split("Error: ")[-1].replace("row 0: image: ", "")
+    return one_image_message(message)
 
 
 def model_choices(model_uri: str) -> tuple[list[str], dict[str, str]]:
     """(URIs of every version of the registered model, a label per URI) for the sidebar."""
     import mlflow
 
-    match = _REGISTERED.match(model_uri)
-    if not match:
+    name = registered_name(model_uri)
+    if name is None:
         return [model_uri], {model_uri: model_uri}
     client = mlflow.MlflowClient()
     versions = sorted(
-        client.search_model_versions(f"name = '{match['name']}'"), key=lambda v: -int(v.version)
+        client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)
     )
     if not versions:
-        raise PredictionError(f"no registered model named '{match['name']}'")
+        raise PredictionError(f"no registered model named '{name}'")
     uris, labels = [model_uri], {model_uri: model_uri}
     for version in versions:
-        uri = f"models:/{match['name']}/{version.version}"
+        uri = f"models:/{name}/{version.version}"
         aliases = f" ({', '.join(version.aliases)})" if version.aliases else ""
         accuracy = mlflow.get_run(version.run_id).data.metrics.get("test_accuracy")
         score = f" — test accuracy {accuracy:.2%}" if accuracy is not None else ""
@@ -111,18 +154,12 @@ def describe_model(model_uri: str) -> str:
     """Name, version, aliases and test accuracy of the model behind a URI, as markdown."""
     import mlflow
 
-    client = mlflow.MlflowClient()
-    match = _REGISTERED.match(model_uri)
-    if match:
-        try:
-            version = (
-                client.get_model_version_by_alias(match["name"], match["alias"])
-                if match["alias"]
-                else client.get_model_version(match["name"], match["version"])
-            )
-        except mlflow.exceptions.MlflowException as error:
-            raise PredictionError(f"model {model_uri} not found in the registry") from error
-        run_id, header = version.run_id, f"**{match['name']}** version **{version.version}**"
+    try:
+        version = registered_version(model_uri)
+    except RegistryError as error:
+        raise PredictionError(f"model {model_uri} not found in the registry") from error
+    if version is not None:
+        run_id, header = version.run_id, f"**{version.name}** version **{version.version}**"
         aliases = ", ".join(version.aliases) or "none"
         header += f"  \naliases: {aliases}"
     else:
@@ -215,4 +252,5 @@ def main() -> None:
         drawing(predict)
 
 
-main()
+if __name__ == "__main__":  # as `streamlit run` runs it; `digitml app` imports it first
+    main()

@@ -5,23 +5,23 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from digitml.config import (
-    DATASETS,
+    BOUNDS,
+    CHOICES,
     DEFAULT_APP_MODEL_URI,
-    OPTIMIZERS,
-    PRECISIONS,
-    TUNERS,
+    DEFAULT_DATASET,
+    DEFAULT_EXPERIMENT,
+    DEFAULT_MODEL_NAME,
     ConfigError,
     TrainConfig,
 )
+from digitml.search.distributed import DEFAULT_ORACLE, ROLES
 
 # TensorFlow's C++ start-up chatter hides the lines users need; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,8 +29,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
 FROM_CONFIG = "from --config"
-DEFAULT_ORACLE = "127.0.0.1:8000"
-ROLES = ("chief", "worker")
 
 
 class EmptyIsUnset(click.Option):
@@ -50,7 +48,11 @@ def option(*param_decls: str, **attrs: Any) -> Callable[[CommandFunction], Comma
 
 
 def from_config(*param_decls: str, **attrs: Any) -> Callable[[CommandFunction], CommandFunction]:
-    """An override of a --config file's value; not given, the file's value applies."""
+    """An override of a --config file's value; not given, the file's value applies. A setting
+    with a type and range in `config` (BOUNDS, CHOICES) gets them as its option type."""
+    key = param_decls[0].lstrip("-").replace("-", "_")
+    if key in BOUNDS or key in CHOICES:
+        attrs.setdefault("type", setting_type(key))
     return option(*param_decls, show_default=FROM_CONFIG, **attrs)
 
 
@@ -67,15 +69,30 @@ def chain(
     return decorate
 
 
-POSITIVE_INT = click.IntRange(min=1)
+def config_file_option(
+    kind: str, examples: str, **attrs: Any
+) -> Callable[[CommandFunction], CommandFunction]:
+    """--config: a YAML file of `kind`, or the name of one in experiments/."""
+    help_text = f"{kind}: a YAML file, or the name of one in experiments/ ({examples})."
+    return option("--config", "config_file", help=help_text, **attrs)
+
+
+def setting_type(key: str) -> click.ParamType:
+    """The option type of a config setting, from the same table `config.validate` checks."""
+    if key in CHOICES:
+        return click.Choice(CHOICES[key])
+    bound = BOUNDS[key]
+    if bound.kind is int:
+        return click.IntRange(min=bound.minimum, min_open=bound.exclusive)
+    return click.FloatRange(min=bound.minimum, min_open=bound.exclusive)
+
+
 LIMIT = from_config(
     "--limit",
-    type=click.IntRange(min=20),
     help="Train on N training images (seeded, class-balanced); the test set stays whole.",
 )
 SEED = from_config(
     "--seed",
-    type=click.IntRange(min=0),
     help="Seed of the validation split, the initial weights and the batch order.",
 )
 
@@ -88,7 +105,7 @@ def data_options(
     return chain(
         (option if dataset else from_config)(
             "--dataset",
-            type=click.Choice(DATASETS),
+            type=setting_type("dataset"),
             default=dataset,
             help="MNIST, or scikit-learn's 8x8 digits (bundled: no files, no download).",
         ),
@@ -117,24 +134,17 @@ def cli() -> None:
 
 
 @cli.command()
-@option(
-    "--config",
-    "config_file",
-    show_default="default.yaml",
-    help="Recipe: a YAML file, or the name of one in experiments/ (fast, baseline, ...).",
-)
+@config_file_option("Recipe", "fast, baseline, ...", show_default="default.yaml")
 @from_config("--model", help="Architecture name (see `digitml models`).")
-@from_config("--epochs", type=POSITIVE_INT, help="Passes over the training images.")
-@from_config("--batch-size", type=POSITIVE_INT, help="Images per training step.")
+@from_config("--epochs", help="Passes over the training images.")
+@from_config("--batch-size", help="Images per training step.")
 @from_config(
     "--learning-rate",
-    type=click.FloatRange(min=0, min_open=True),
     help="The optimizer's learning rate (the peak of a onecycle schedule).",
 )
-@from_config("--optimizer", type=click.Choice(OPTIMIZERS), help="Gradient-descent optimizer.")
+@from_config("--optimizer", help="Gradient-descent optimizer.")
 @from_config(
     "--precision",
-    type=click.Choice(PRECISIONS),
     help="auto: bfloat16 compute where the CPU has it natively (AMX, AVX512-BF16).",
 )
 @data_options()
@@ -160,7 +170,7 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
         raise click.UsageError(str(error)) from error
     # Imported once the options are checked (TensorFlow takes seconds): a typo answers at once.
     from digitml.data import DataError
-    from digitml.experiment import run_training
+    from digitml.training_run import run_training
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -188,7 +198,7 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
     if given or config_file:
         dropped = (given or ["config"])[0].replace("_", "-")
         raise click.UsageError(f"--resume continues with the run's own config; drop --{dropped}")
-    from digitml.experiment import ResumeError, resumable_config
+    from digitml.training_run import ResumeError, resumable_config
 
     try:
         return resumable_config(run_id, data_dir=data_dir)
@@ -197,18 +207,12 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
 
 
 @cli.command()
-@option(
-    "--config",
-    "config_file",
-    default="tune",
-    help="Search: a YAML file, or the name of one in experiments/ (tune, tune-reference).",
-)
-@from_config("--tuner", type=click.Choice(TUNERS), help="How the next trial is chosen.")
-@from_config("--max-trials", type=POSITIVE_INT, help="Trials the search runs in all.")
-@from_config("--epochs", type=POSITIVE_INT, help="Most epochs one trial trains.")
+@config_file_option("Search", "tune, tune-reference", default="tune")
+@from_config("--tuner", help="How the next trial is chosen.")
+@from_config("--max-trials", help="Trials the search runs in all.")
+@from_config("--epochs", help="Most epochs one trial trains.")
 @from_config(
     "--best-epochs",
-    type=POSITIVE_INT,
     help="Epochs the best configuration is retrained for (none in the file: the base recipe's).",
 )
 @data_options()
@@ -249,37 +253,35 @@ def tune(
 ) -> None:
     """Search hyperparameters with Keras Tuner; re-run the same command to resume."""
     from digitml.config import load_tune_config
-    from digitml.data import DataError
-    from digitml.tune import SearchEnded, TuningStateError, run_search
 
     try:
         config = load_tune_config(config_file, overrides)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
-    if not role and (oracle_address or worker_id):
-        raise click.UsageError("--oracle and --worker-id need --role chief or --role worker")
-    tuner_id = None
-    if role:
-        oracle_address = oracle_address or DEFAULT_ORACLE
-        tuner_id = "chief" if role == "chief" else worker_id or _default_worker_id()
-        _set_keras_tuner_distribution(tuner_id, oracle_address)
-    # Workers keep their own trial folders (BackupAndRestore) beside the chief's state.
-    default_dir = Path("tuning") / "-".join(
-        filter(None, [config.experiment, worker_id and tuner_id])
-    )
+    from digitml.data import DataError
+    from digitml.search.distributed import search_role
+    from digitml.search.tuner import SearchEnded, TuningStateError
+    from digitml.search.workflow import run_search
+
+    try:
+        search = search_role(role, oracle_address, worker_id)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        outcome = run_search(config, Path(tuning_dir or default_dir), role, oracle_address)
+        outcome = run_search(config, search, tuning_dir)
     except (DataError, TuningStateError) as error:
         raise click.ClickException(str(error)) from error
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
     except SearchEnded as ended:
-        click.echo(f"{tuner_id}: {ended}")
+        click.echo(f"{search.tuner_id}: {ended}")
         return
     except KeyboardInterrupt:
         click.echo("Interrupted; run the same command again to resume the search", err=True)
         sys.exit(130)
-    if role == "worker":
-        click.echo(f"{tuner_id}: the search is complete")
+    if search.is_worker:
+        click.echo(f"{search.tuner_id}: the search is complete")
         return
     click.echo(f"search run_id: {outcome.parent_run_id}")
     if outcome.best_run_id:
@@ -290,27 +292,11 @@ def tune(
         )
 
 
-def _default_worker_id() -> str:
-    return f"worker-{socket.gethostname()}-{os.getpid()}"
-
-
-def _set_keras_tuner_distribution(tuner_id: str, oracle_address: str) -> None:
-    """Keras Tuner's distributed mode is configured through these environment variables only."""
-    host, _, port = oracle_address.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter(
-            f"expected HOST:PORT, got {oracle_address!r}", param_hint="--oracle"
-        )
-    os.environ.update(
-        KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port
-    )
-
-
 @cli.command()
 @option(
     "--model-uri", required=True, help="runs:/RUN_ID/model, models:/NAME@ALIAS or models:/NAME/N."
 )
-@data_options(dataset="mnist", experiment="digitml")
+@data_options(dataset=DEFAULT_DATASET, experiment=DEFAULT_EXPERIMENT)
 def evaluate(model_uri: str, dataset: str, data_dir: str | None, experiment: str) -> None:
     """Score a logged or registered model on the full test set, as a new MLflow run."""
     from digitml.evaluate import evaluate_model
@@ -330,7 +316,7 @@ def evaluate(model_uri: str, dataset: str, data_dir: str | None, experiment: str
 
 @cli.command()
 @option("--model-uri", required=True, help="The candidate: runs:/RUN_ID/model or models:/NAME/N.")
-@option("--name", default="digit-classifier", help="Registered model name.")
+@option("--name", default=DEFAULT_MODEL_NAME, help="Registered model name.")
 @option("--alias", default="champion", help="The alias the better model holds.")
 @option(
     "--min-delta",
@@ -339,7 +325,7 @@ def evaluate(model_uri: str, dataset: str, data_dir: str | None, experiment: str
     help="Accuracy margin the candidate must add.",
 )
 @option("--force", is_flag=True, help="Move the alias whatever the comparison says.")
-@data_options(dataset="mnist", experiment="digitml")
+@data_options(dataset=DEFAULT_DATASET, experiment=DEFAULT_EXPERIMENT)
 def promote(model_uri: str, **options: Any) -> None:
     """Register a candidate and move the alias to it only if it is at least as accurate."""
     from digitml.registry import promote as promote_candidate
@@ -360,34 +346,22 @@ def predict(model_uri: str, as_json: bool, images: tuple[str, ...]) -> None:
     import json
 
     import mlflow
-    import pandas as pd
+
+    from digitml.predict import predict_files
 
     with _user_errors():
         model = mlflow.pyfunc.load_model(model_uri)
-    failures = 0
-    for path in images:
-        try:
-            data = Path(path).read_bytes()
-            prediction = model.predict(pd.DataFrame({"image": [data]})).iloc[0]
-        except (OSError, mlflow.exceptions.MlflowException) as error:
-            failures += 1
-            message = getattr(error, "message", None) or error.strerror or str(error)
-            click.echo(f"{path}: {message.replace('row 0: image: ', '')}", err=True)
-            continue
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "file": path,
-                        "digit": int(prediction["digit"]),
-                        "confidence": float(prediction["confidence"]),
-                        "probabilities": list(prediction["probabilities"]),
-                    }
-                )
-            )
+    predictions = predict_files(model, images)
+    for prediction in predictions:
+        if prediction.error is not None:
+            click.echo(f"{prediction.path}: {prediction.error}", err=True)
+        elif as_json:
+            fields = ("digit", "confidence", "probabilities")
+            record = {"file": prediction.path, **{key: getattr(prediction, key) for key in fields}}
+            click.echo(json.dumps(record))
         else:
-            click.echo(f"{path}  {int(prediction['digit'])}  {float(prediction['confidence']):.4f}")
-    if failures:
+            click.echo(f"{prediction.path}  {prediction.digit}  {prediction.confidence:.4f}")
+    if any(prediction.error is not None for prediction in predictions):
         sys.exit(1)
 
 
@@ -426,28 +400,9 @@ def app(model_uri: str | None, endpoint: str | None, port: int, host: str) -> No
         raise click.UsageError("give --model-uri or --endpoint, not both")
     if importlib.util.find_spec("streamlit") is None:
         raise click.ClickException('Streamlit is not installed: pip install "digitml[app]"')
-    env = {
-        **os.environ,
-        "DIGITML_APP_MODEL_URI": model_uri or "",
-        "DIGITML_APP_ENDPOINT": endpoint or "",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(Path(__file__).with_name("app.py")),
-        "--server.port",
-        str(port),
-        "--server.address",
-        host,
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    # Streamlit takes this process's place, so SIGTERM and Ctrl-C reach the page's server itself.
-    os.execve(sys.executable, command, env)
+    from digitml.app import AppSettings, start_page
+
+    start_page(AppSettings(model_uri or DEFAULT_APP_MODEL_URI, endpoint), host, port)
 
 
 @cli.command()

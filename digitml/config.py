@@ -21,11 +21,48 @@ def _recipes_dir() -> Path:
 
 EXPERIMENTS_DIR = _recipes_dir()
 DEFAULT_CONFIG = "default.yaml"
+DEFAULT_DATASET = "mnist"
+DEFAULT_EXPERIMENT = "digitml"
+DEFAULT_MODEL_NAME = "digit-classifier"  # the registered model tune, promote and the app use
+DEFAULT_APP_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@champion"
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 DATASETS = ("mnist", "digits")
 SCHEDULES = ("constant", "onecycle", "cosine")
 # "auto": bfloat16 compute where the CPU multiplies bfloat16 natively (AMX, AVX512-BF16), else float32
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+TUNERS = ("hyperband", "random", "bayesian")
+SEARCH_TYPES = ("int", "float", "choice", "bool")
+MIN_LIMIT = 20  # two images per class: the fewest that a stratified split can divide
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A number setting's type and lowest value: what a config file's value and the command-line
+    option that overrides it both obey (`validate`, and the CLI's option types)."""
+
+    kind: type  # int, or float (which takes ints too)
+    minimum: int | float
+    exclusive: bool = False  # the minimum itself is not allowed
+
+
+BOUNDS = {
+    "epochs": Bound(int, 1),
+    "members": Bound(int, 1),
+    "batch_size": Bound(int, 1),
+    "seed": Bound(int, 0),
+    "learning_rate": Bound(float, 0, exclusive=True),
+    "limit": Bound(int, MIN_LIMIT),
+    "max_trials": Bound(int, 1),
+    "best_epochs": Bound(int, 1),
+    "hyperband_factor": Bound(int, 2),
+}
+CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "dataset": DATASETS,
+    "schedule": SCHEDULES,
+    "precision": PRECISIONS,
+    "tuner": TUNERS,
+}
 
 
 class ConfigError(ValueError):
@@ -75,12 +112,12 @@ class TrainConfig:
     learning_rate: float = 1e-3
     schedule: str = "constant"
     precision: str = "float32"
-    dataset: str = "mnist"
+    dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     limit: int | None = None
     val_fraction: float = 0.1
     seed: int = 42
-    experiment: str = "digitml"
+    experiment: str = DEFAULT_EXPERIMENT
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     early_stopping: EarlyStoppingConfig | None = None
     reduce_lr: ReduceLROnPlateauConfig | None = None
@@ -139,12 +176,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
     """Build a validated TrainConfig from plain data, naming any unknown key."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})"
-        )
+    check_keys(raw, TrainConfig, source)
     values = dict(raw)
     for key, nested_type in _NESTED.items():
         if key in values and values[key] is not None:
@@ -157,34 +189,34 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
 def _nested(nested_type: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping")
-    known = {f.name for f in dataclasses.fields(nested_type)}
+    check_keys(raw, nested_type, where)
+    return nested_type(**raw)
+
+
+def check_keys(raw: dict[str, Any], config_type: type, where: str) -> None:
+    """Raise ConfigError naming the first key of `raw` that `config_type` has no field for."""
+    known = field_names(config_type)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
             f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})"
         )
-    return nested_type(**raw)
+
+
+def field_names(config_type: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_type)}
 
 
 def validate(config: TrainConfig) -> None:
     """Raise ConfigError naming the first invalid value."""
     from digitml.models import MODEL_NAMES, check_model_params
 
-    _check_type(config, "epochs", int, minimum=1)
-    _check_type(config, "members", int, minimum=1)
-    _check_type(config, "batch_size", int, minimum=1)
-    _check_type(config, "seed", int, minimum=0)
-    _check_type(config, "learning_rate", (int, float), minimum=0, exclusive=True)
-    if config.limit is not None:
-        _check_type(config, "limit", int, minimum=20)
+    _check_settings(config, ("epochs", "members", "batch_size", "seed", "learning_rate", "limit"))
+    _check_settings(config, ("optimizer", "dataset", "schedule", "precision"))
     _check_fraction("label_smoothing", config.label_smoothing)
     if not 0 < config.val_fraction < 1:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
     _check_choice("model", config.model, MODEL_NAMES)
-    _check_choice("optimizer", config.optimizer, OPTIMIZERS)
-    _check_choice("dataset", config.dataset, DATASETS)
-    _check_choice("schedule", config.schedule, SCHEDULES)
-    _check_choice("precision", config.precision, PRECISIONS)
     for name in ("rotation", "translation", "zoom"):
         _check_fraction(f"augmentation.{name}", getattr(config.augmentation, name))
     if config.schedule != "constant" and config.reduce_lr is not None:
@@ -195,15 +227,24 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"model_params: {error}") from error
 
 
-def _check_type(
-    config: TrainConfig, key: str, kind: Any, minimum: float, exclusive: bool = False
-) -> None:
-    value = getattr(config, key)
-    if isinstance(value, bool) or not isinstance(value, kind):
+def _check_settings(config: Any, keys: tuple[str, ...]) -> None:
+    """Check each setting against its entry in BOUNDS or CHOICES; None means unset (optional
+    settings only: the others have defaults)."""
+    for key in keys:
+        value = getattr(config, key)
+        if key in CHOICES:
+            _check_choice(key, value, CHOICES[key])
+        elif value is not None:
+            _check_bound(key, value, BOUNDS[key])
+
+
+def _check_bound(key: str, value: Any, bound: Bound) -> None:
+    kinds = (int, float) if bound.kind is float else bound.kind
+    if isinstance(value, bool) or not isinstance(value, kinds):
         raise ConfigError(f"{key} must be a number, got {value!r}")
-    if value < minimum or (exclusive and value == minimum):
-        bound = f"greater than {minimum}" if exclusive else f"at least {minimum}"
-        raise ConfigError(f"{key} must be {bound}, got {value}")
+    if value < bound.minimum or (bound.exclusive and value == bound.minimum):
+        limit = f"greater than {bound.minimum}" if bound.exclusive else f"at least {bound.minimum}"
+        raise ConfigError(f"{key} must be {limit}, got {value}")
 
 
 def _check_fraction(key: str, value: Any) -> None:
@@ -214,10 +255,6 @@ def _check_fraction(key: str, value: Any) -> None:
 def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
-TUNERS = ("hyperband", "random", "bayesian")
-SEARCH_TYPES = ("int", "float", "choice", "bool")
 
 
 @dataclass
@@ -235,11 +272,11 @@ class TuneConfig:
     # only the extra epochs (Keras Tuner's way); false: it trains all its epochs from a new start.
     hyperband_continue: bool = True
     best_epochs: int | None = None
-    dataset: str = "mnist"
+    dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     limit: int | None = None
     experiment: str = "digitml-tune"
-    register_as: str = "digit-classifier"
+    register_as: str = DEFAULT_MODEL_NAME
     tuning_dir: str | None = None
     seed: int = 42
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -254,29 +291,19 @@ def load_tune_config(path: str | Path, overrides: dict[str, Any] | None = None) 
     raw = _read_yaml(path)
     raw.setdefault("name", Path(path).stem)
     raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    known = {f.name for f in dataclasses.fields(TuneConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    check_keys(raw, TuneConfig, str(path))
     config = TuneConfig(**raw)
     validate_tune(config)
     return config
 
 
 def validate_tune(config: TuneConfig) -> None:
-    _check_choice("tuner", config.tuner, TUNERS)
-    _check_choice("dataset", config.dataset, DATASETS)
-    for key in ("max_trials", "epochs"):
-        _check_type(config, key, int, minimum=1)
-    _check_type(config, "hyperband_factor", int, minimum=2)
+    _check_settings(config, ("tuner", "dataset", "max_trials", "epochs", "hyperband_factor"))
+    _check_settings(config, ("best_epochs", "limit", "seed"))
     if not isinstance(config.hyperband_continue, bool):
         raise ConfigError(
             f"hyperband_continue must be true or false, got {config.hyperband_continue!r}"
         )
-    if config.best_epochs is not None:
-        _check_type(config, "best_epochs", int, minimum=1)
-    if config.limit is not None:
-        _check_type(config, "limit", int, minimum=20)
     config_path(config.base_config)
     if not config.search_space:
         raise ConfigError("search_space is empty: name at least one hyperparameter")
@@ -287,24 +314,44 @@ def validate_tune(config: TuneConfig) -> None:
         for key in needed.get(spec["type"], ()):
             if key not in spec:
                 raise ConfigError(f"search_space.{name}: missing '{key}'")
+        check_path(name, f"search_space.{name}")
 
 
-DEFAULT_APP_MODEL_URI = "models:/digit-classifier@champion"
+MODEL_PARAMS = "model_params"
 
 
-@dataclass
-class AppSettings:
-    """What the upload app talks to: a model URI (loaded in-process) or a REST endpoint."""
+def check_path(path: str, where: str) -> None:
+    """Raise ConfigError unless `path` names a setting of a training config: a field
+    (`learning_rate`), a nested setting (`augmentation.rotation`) or a model parameter
+    (`model_params.conv1_filters`; the model's builder checks the name)."""
+    section, _, key = path.partition(".")
+    if key and section == MODEL_PARAMS:
+        return
+    if key and section in _NESTED and key in field_names(_NESTED[section]):
+        return
+    if not key and path in field_names(TrainConfig) and path not in (*_NESTED, MODEL_PARAMS):
+        return
+    raise ConfigError(f"{where}: '{path}' is not a setting of the training config{_hint(path)}")
 
-    model_uri: str = DEFAULT_APP_MODEL_URI
-    endpoint: str | None = None
 
-    @classmethod
-    def from_env(cls) -> AppSettings:
-        """`digitml app` passes its options to the Streamlit process through the environment."""
-        import os
+def _hint(path: str) -> str:
+    """A suggestion for a name without its section: before paths, a search space named model
+    parameters and nested settings alone (`conv1_filters`, `rotation`)."""
+    if "." in path:
+        return ""
+    if path in (*_NESTED, MODEL_PARAMS):
+        return f": name one of its settings, {path}.<name>"
+    for section, nested_type in _NESTED.items():
+        if path in field_names(nested_type):
+            return f": use {section}.{path}"
+    return f": use {MODEL_PARAMS}.{path} for a parameter of the model"
 
-        return cls(
-            model_uri=os.environ.get("DIGITML_APP_MODEL_URI") or DEFAULT_APP_MODEL_URI,
-            endpoint=os.environ.get("DIGITML_APP_ENDPOINT") or None,
-        )
+
+def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+    """Set the setting at `path` (see `check_path`) in a training config's plain data."""
+    check_path(path, path)
+    section, _, key = path.partition(".")
+    if key:
+        raw[section] = {**(raw.get(section) or {}), key: value}
+    else:
+        raw[section] = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import mlflow
@@ -10,8 +11,7 @@ import pandas as pd
 
 from digitml import tracking
 from digitml.data import load_dataset
-
-SCORING_BATCH = 2_000
+from digitml.train import in_batches
 
 
 @dataclass
@@ -23,11 +23,12 @@ class Evaluation:
 
 def model_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> np.ndarray:
     """The pyfunc's class probabilities for (n, 28, 28, 1) images, sent as `pixels` rows."""
-    chunks = []
-    for start in range(0, len(images), SCORING_BATCH):
-        rows = pd.DataFrame({"pixels": list(images[start : start + SCORING_BATCH, ..., 0])})
-        chunks.append(np.array(model.predict(rows)["probabilities"].tolist()))
-    return np.concatenate(chunks)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        rows = pd.DataFrame({"pixels": list(batch[..., 0])})
+        return np.array(model.predict(rows)["probabilities"].tolist())
+
+    return in_batches(predict, images)
 
 
 def evaluate_model(
@@ -46,5 +47,19 @@ def evaluate_model(
             data.name, data.source, {"test": (data.test_images, data.test_labels)}
         )
         metrics = tracking.log_test_results(data.test_images, data.test_labels, probabilities)
-        tracking.log_static_evaluation(data.test_labels, probabilities.argmax(axis=1))
+        log_static_evaluation(data.test_labels, probabilities.argmax(axis=1))
     return Evaluation(run.info.run_id, model_uri, metrics)
+
+
+def log_static_evaluation(labels: np.ndarray, predicted: np.ndarray) -> None:
+    """MLflow's own classifier evaluation of fixed predictions (its metrics beside ours)."""
+    frame = pd.DataFrame({"label": labels, "prediction": predicted})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.models.evaluate(
+            data=frame,
+            targets="label",
+            predictions="prediction",
+            model_type="classifier",
+            evaluator_config={"log_model_explainability": False},
+        )

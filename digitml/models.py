@@ -9,9 +9,9 @@ from typing import Any
 import keras
 from keras import layers
 
-INPUT_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
-MEMBER_OUTPUTS = "stacked_probabilities"
+from digitml.data import IMAGE_SIZE, NUM_CLASSES
+
+INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 # Keras' default 0.99 averages over ~100 steps: too slow for short runs (it collapsed accuracy).
 BN_MOMENTUM = 0.9
 
@@ -30,6 +30,13 @@ def dense_head(units: int, batch_norm: bool = True, dropout: float = 0.0) -> lis
     if dropout:
         head.append(layers.Dropout(dropout))
     return head + [probabilities()]
+
+
+def _applied(head: list[layers.Layer], tensor: Any) -> Any:
+    """`tensor` through the layers in turn (a head in a functional model)."""
+    for layer in head:
+        tensor = layer(tensor)
+    return tensor
 
 
 def conv_net(
@@ -83,12 +90,7 @@ def resnet(
         tensor = _residual_block(tensor, filters)
         tensor = layers.MaxPooling2D()(tensor)
         tensor = layers.Dropout(dropout)(tensor)
-    tensor = layers.Flatten()(tensor)
-    tensor = layers.Dense(dense_units)(tensor)
-    tensor = layers.BatchNormalization(momentum=BN_MOMENTUM)(tensor)
-    tensor = layers.Activation("relu")(tensor)
-    tensor = layers.Dropout(dense_dropout)(tensor)
-    outputs = probabilities()(tensor)
+    outputs = _applied(dense_head(dense_units, dropout=dense_dropout), tensor)
     return keras.Model(inputs, outputs, name="resnet")
 
 
@@ -112,13 +114,7 @@ def vgg(
         tensor = layers.MaxPooling2D()(tensor)
         if dropout:
             tensor = layers.Dropout(dropout)(tensor)
-    tensor = layers.Flatten()(tensor)
-    tensor = layers.Dense(dense_units)(tensor)
-    tensor = layers.BatchNormalization(momentum=BN_MOMENTUM)(tensor)
-    tensor = layers.Activation("relu")(tensor)
-    if dense_dropout:
-        tensor = layers.Dropout(dense_dropout)(tensor)
-    outputs = probabilities()(tensor)
+    outputs = _applied(dense_head(dense_units, dropout=dense_dropout), tensor)
     return keras.Model(inputs, outputs, name="vgg")
 
 
@@ -210,30 +206,6 @@ def build_model(name: str, params: dict[str, Any] | None = None) -> keras.Model:
     builder, defaults = MODELS[name]
     check_model_params(name, params or {})
     return builder(**{**defaults, **(params or {})})
-
-
-def side_by_side(members: Sequence[keras.Model]) -> keras.Model:
-    """An ensemble for training: the members, each from its own random start, see the same batches;
-    the output stacks their probabilities, shape (batch, members, 10), so each member has its own
-    loss (`train.Crossentropy`). `averaged` turns it into the model that is served."""
-    inputs = keras.Input(INPUT_SHAPE)
-    stacked = []
-    for index, member in enumerate(members):
-        member.name = f"member_{index}"
-        stacked.append(layers.Reshape((1, NUM_CLASSES), dtype="float32")(member(inputs)))
-    outputs = layers.Concatenate(axis=1, name=MEMBER_OUTPUTS, dtype="float32")(stacked)
-    return keras.Model(inputs, outputs, name="ensemble")
-
-
-def averaged(model: keras.Model) -> keras.Model:
-    """The members of a `side_by_side` ensemble (same weights) with their probabilities averaged;
-    any other model as it is."""
-    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    if not members:
-        return model
-    inputs = keras.Input(INPUT_SHAPE)
-    outputs = layers.Average(dtype="float32")([member(inputs) for member in members])
-    return keras.Model(inputs, outputs, name=f"ensemble_of_{len(members)}")
 
 
 def parameter_counts() -> list[tuple[str, int, str]]:

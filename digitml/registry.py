@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
+from digitml.config import DEFAULT_DATASET, DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from digitml.evaluate import evaluate_model
 from digitml.tracking import PYFUNC_MODEL_NAME
 
@@ -54,22 +55,36 @@ def register_challenger(run_id: str, name: str) -> str:
     return str(version.version)
 
 
+def registered_name(model_uri: str) -> str | None:
+    """The registered model a `models:/NAME/N` or `models:/NAME@ALIAS` URI names, else None."""
+    match = _VERSION_URI.match(model_uri)
+    return match["name"] if match else None
+
+
+def registered_version(model_uri: str) -> ModelVersion | None:
+    """The version a `models:/NAME/N` or `models:/NAME@ALIAS` URI names (None for any other URI);
+    RegistryError if the registry has no such version."""
+    match = _VERSION_URI.match(model_uri)
+    if not match:
+        return None
+    client = mlflow.MlflowClient()
+    try:
+        if match["alias"]:
+            return client.get_model_version_by_alias(match["name"], match["alias"])
+        return client.get_model_version(match["name"], match["version"])
+    except mlflow.exceptions.MlflowException as error:
+        raise RegistryError(f"{model_uri} does not exist") from error
+
+
 def candidate_version(model_uri: str, name: str) -> ModelVersion:
     """Resolve runs:/…, models:/name/N or models:/name@alias to a version of `name`."""
-    client = mlflow.MlflowClient()
     if match := _RUN_URI.match(model_uri):
         return register_run_model(match["run_id"], name, match["path"])
-    if match := _VERSION_URI.match(model_uri):
-        if match["name"] != name:
-            raise RegistryError(
-                f"{model_uri} is not a version of '{name}' (use --name {match['name']})"
-            )
-        try:
-            if match["alias"]:
-                return client.get_model_version_by_alias(name, match["alias"])
-            return client.get_model_version(name, match["version"])
-        except mlflow.exceptions.MlflowException as error:
-            raise RegistryError(f"{model_uri} does not exist") from error
+    registered = registered_name(model_uri)
+    if registered is not None and registered != name:
+        raise RegistryError(f"{model_uri} is not a version of '{name}' (use --name {registered})")
+    if registered is not None:
+        return registered_version(model_uri)
     raise RegistryError(
         f"cannot promote {model_uri}: use runs:/RUN_ID/model or models:/{name}/N or @alias"
     )
@@ -77,8 +92,8 @@ def candidate_version(model_uri: str, name: str) -> ModelVersion:
 
 def alias_holder(name: str, alias: str) -> ModelVersion | None:
     try:
-        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException:
+        return registered_version(f"models:/{name}@{alias}")
+    except RegistryError:
         return None
 
 
@@ -98,13 +113,13 @@ class PromotionDecision:
 
 def promote(
     model_uri: str,
-    name: str = "digit-classifier",
+    name: str = DEFAULT_MODEL_NAME,
     alias: str = CHAMPION,
     min_delta: float = 0.0,
     force: bool = False,
-    dataset: str = "mnist",
+    dataset: str = DEFAULT_DATASET,
     data_dir: str | None = None,
-    experiment: str = "digitml",
+    experiment: str = DEFAULT_EXPERIMENT,
 ) -> PromotionDecision:
     """Move `alias` to the candidate only if its test accuracy >= the holder's + min_delta (or force).
 

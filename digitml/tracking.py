@@ -1,8 +1,8 @@
-"""Everything MLflow: runs and their status, params, per-epoch metrics, datasets, figures, models."""
+"""What every training run records in MLflow: its status, params, per-epoch metrics, datasets,
+test results, figures and models."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import json
 import subprocess
@@ -16,7 +16,6 @@ from typing import Any
 import keras
 import mlflow
 import numpy as np
-import pandas as pd
 from mlflow.entities import RunStatus
 from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.models import infer_signature
@@ -24,9 +23,10 @@ from mlflow.models import infer_signature
 from digitml import reports
 from digitml.config import TrainConfig
 from digitml.data import Splits, content_digest
+from digitml.pyfunc import IMAGING_ARTIFACT, KERAS_MODEL_ARTIFACT
 
 CONFIG_ARTIFACT = "config.yaml"
-KERAS_MODEL_NAME = "keras_model"
+KERAS_MODEL_NAME = KERAS_MODEL_ARTIFACT  # the native Keras model's name beside the pyfunc
 PYFUNC_MODEL_NAME = "model"
 PACKAGE_DIR = Path(__file__).resolve().parent
 PYFUNC_CODE = PACKAGE_DIR / "pyfunc.py"
@@ -35,7 +35,6 @@ CURVE_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # The distributions the served model imports (pyfunc.py, imaging.py) and TensorFlow, Keras' backend.
 SERVED_DISTRIBUTIONS = ("mlflow", "keras", "tensorflow", "numpy", "pandas", "pillow")
 KERAS_MODEL_DISTRIBUTIONS = ("mlflow", "keras", "tensorflow")
-ORACLE_TAG = "digitml.oracle"
 
 
 def git_commit() -> str | None:
@@ -86,7 +85,7 @@ def tracked_run(
     """
     if MLFLOW_RUN_ID.get() and mlflow.active_run() is None:
         mlflow.start_run()  # the launcher: takes MLFLOW_RUN_ID and clears it for our run
-        with _ending(), tracked_run(experiment, run_id, run_name, tags) as run:
+        with ending(), tracked_run(experiment, run_id, run_name, tags) as run:
             yield run
         return
     parent = mlflow.active_run()
@@ -101,12 +100,12 @@ def tracked_run(
         nested=parent is not None,
         tags=tags,
     )
-    with _ending():
+    with ending():
         yield run
 
 
 @contextmanager
-def _ending() -> Iterator[None]:
+def ending() -> Iterator[None]:
     """End the active run as FINISHED, KILLED on interrupt, or FAILED on any error."""
     try:
         yield
@@ -256,148 +255,8 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
     mlflow.pyfunc.log_model(
         name=PYFUNC_MODEL_NAME,
         python_model=str(PYFUNC_CODE),
-        artifacts={"keras_model": str(keras_file), "imaging": str(IMAGING_CODE)},
+        artifacts={KERAS_MODEL_ARTIFACT: str(keras_file), IMAGING_ARTIFACT: str(IMAGING_CODE)},
         pip_requirements=pinned_requirements(SERVED_DISTRIBUTIONS),
         # No signature on purpose: MLflow's schema check would silently drop unknown columns,
         # and every input error must reach DigitClassifier.predict to get its own message.
     )
-
-
-def _child_runs(parent_run_id: str, extra_filter: str = "") -> list[mlflow.entities.Run]:
-    parent = mlflow.get_run(parent_run_id)
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (
-        f" and {extra_filter}" if extra_filter else ""
-    )
-    return mlflow.search_runs(
-        [parent.info.experiment_id], filter_string=query, output_format="list"
-    )
-
-
-@contextmanager
-def search_run(config: Any, parent_file: Path) -> Iterator[mlflow.ActiveRun]:
-    """The search's parent run: the one recorded in `parent_file` if it exists, else a new one."""
-    saved = parent_file.read_text().strip() if parent_file.is_file() else None
-    if saved:
-        with tracked_run(config.experiment, run_id=saved) as run:
-            yield run
-        return
-    with tracked_run(
-        config.experiment, run_name=f"search {config.name}", tags={"digitml.kind": "tune"}
-    ) as run:
-        parent_file.write_text(run.info.run_id)
-        settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "search_space"}
-        mlflow.log_params({**settings, "search_space": json.dumps(config.search_space)})
-        mlflow.log_text(config.to_yaml(), "tune.yaml")
-        yield run
-
-
-def run_exists(run_id: str) -> bool:
-    try:
-        return mlflow.get_run(run_id).info.lifecycle_stage == "active"
-    except mlflow.exceptions.MlflowException:
-        return False
-
-
-@contextmanager
-def trial_run(
-    parent_run_id: str, experiment_id: str, trial_id: str, values: dict[str, Any]
-) -> Iterator[mlflow.ActiveRun]:
-    """A trial's child run; a trial re-run after a crash re-enters its run instead of adding one."""
-    existing = _child_runs(parent_run_id, f"tags.`digitml.trial_id` = '{trial_id}'")
-    if existing:
-        run_id = existing[0].info.run_id
-    else:
-        run_id = (
-            mlflow.MlflowClient()
-            .create_run(
-                experiment_id,
-                run_name=f"trial {trial_id}",
-                tags={
-                    "mlflow.parentRunId": parent_run_id,
-                    "digitml.kind": "trial",
-                    "digitml.trial_id": trial_id,
-                },
-            )
-            .info.run_id
-        )
-    run = mlflow.start_run(run_id=run_id, nested=True)
-    with _ending():
-        mlflow.log_params({name.replace("tuner/", "tuner."): v for name, v in values.items()})
-        yield run
-
-
-def trial_seconds(parent_run_id: str) -> dict[str, float]:
-    """trial id -> training seconds, from the trials' child runs."""
-    return {
-        run.data.tags["digitml.trial_id"]: run.data.metrics.get("trial_seconds", float("nan"))
-        for run in _child_runs(parent_run_id, "tags.`digitml.kind` = 'trial'")
-    }
-
-
-def log_search_summary(trials: list[Any], parent_run_id: str) -> None:
-    """best_val_accuracy, best_* params, trials.csv and a figure comparing the trials."""
-    seconds = trial_seconds(parent_run_id)
-    rows = [
-        {
-            "trial_id": trial.trial_id,
-            **{k: v for k, v in trial.hyperparameters.values.items()},
-            "score": trial.score,
-            "status": trial.status,
-            "seconds": seconds.get(trial.trial_id),
-        }
-        for trial in sorted(trials, key=lambda trial: trial.trial_id)
-    ]
-    mlflow.log_text(pd.DataFrame(rows).to_csv(index=False), "trials.csv")
-    mlflow.log_figure(reports.trials_figure(rows), "trials.png")
-    reports.close_figures()
-    scored = [trial for trial in trials if trial.score is not None and trial.status == "COMPLETED"]
-    if scored:
-        best = max(scored, key=lambda trial: trial.score)
-        mlflow.log_metric("best_val_accuracy", best.score)
-        mlflow.log_params(
-            {
-                f"best_{k}": v
-                for k, v in best.hyperparameters.values.items()
-                if not k.startswith("tuner/")
-            }
-        )
-
-
-def finished_best_run(parent_run_id: str) -> str | None:
-    """The best configuration's finished training run under this search, if there is one."""
-    runs = _child_runs(
-        parent_run_id, "tags.`digitml.kind` = 'best' and attributes.status = 'FINISHED'"
-    )
-    return runs[0].info.run_id if runs else None
-
-
-def running_search(experiment: str, oracle_address: str, wait_seconds: float) -> Any:
-    """The RUNNING search whose chief serves `oracle_address`, waiting a little for it to start."""
-    deadline = time.monotonic() + wait_seconds
-    query = f"tags.`digitml.kind` = 'tune' and tags.`{ORACLE_TAG}` = '{oracle_address}' and attributes.status = 'RUNNING'"
-    while True:
-        found = mlflow.get_experiment_by_name(experiment)
-        runs = (
-            mlflow.search_runs([found.experiment_id], filter_string=query, output_format="list")
-            if found
-            else []
-        )
-        if runs:
-            return runs[0]
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(1)
-
-
-def log_static_evaluation(labels: np.ndarray, predicted: np.ndarray) -> None:
-    """MLflow's own classifier evaluation of fixed predictions (its metrics beside ours)."""
-    frame = pd.DataFrame({"label": labels, "prediction": predicted})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mlflow.models.evaluate(
-            data=frame,
-            targets="label",
-            predictions="prediction",
-            model_type="classifier",
-            evaluator_config={"log_model_explainability": False},
-        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,9 @@ import numpy as np
 import tensorflow as tf
 
 from digitml.config import AugmentationConfig, TrainConfig
-from digitml.data import Splits
-from digitml.models import NUM_CLASSES, averaged, build_model, side_by_side
+from digitml.data import NUM_CLASSES, Splits
+from digitml.ensembles import averaged, averaged_accuracy, side_by_side
+from digitml.models import build_model
 from digitml.precision import dtype_policy, float32_model, resolve_precision
 
 ONECYCLE_WARMUP_FRACTION = 0.3
@@ -38,7 +39,7 @@ def steps_per_epoch(train_size: int, batch_size: int) -> int:
     return math.ceil(train_size / batch_size)
 
 
-def learning_rate(
+def learning_rate_schedule(
     config: TrainConfig, train_size: int
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """A constant rate, a cosine decay, or OneCycle (linear warm-up to the peak, cosine down)."""
@@ -60,7 +61,7 @@ def learning_rate(
 
 
 def make_optimizer(config: TrainConfig, train_size: int) -> keras.optimizers.Optimizer:
-    rate = learning_rate(config, train_size)
+    rate = learning_rate_schedule(config, train_size)
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
     if config.optimizer == "rmsprop":
@@ -219,17 +220,14 @@ class Crossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
-def averaged_accuracy(labels: Any, member_probabilities: Any) -> Any:
-    """Accuracy of the ensemble's averaged prediction: what `accuracy` means for an ensemble."""
-    return keras.metrics.sparse_categorical_accuracy(
-        labels, keras.ops.mean(member_probabilities, axis=1)
-    )
-
-
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Class probabilities in large batches, without `model.predict`'s per-call overhead."""
-    chunks = [
-        np.asarray(model.predict_on_batch(images[start : start + PREDICT_BATCH]))
-        for start in range(0, len(images), PREDICT_BATCH)
-    ]
-    return np.concatenate(chunks) if chunks else np.zeros((0, 10), np.float32)
+    """Class probabilities without `model.predict`'s per-call overhead."""
+    return in_batches(lambda batch: np.asarray(model.predict_on_batch(batch)), images)
+
+
+def in_batches(
+    predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, size: int = PREDICT_BATCH
+) -> np.ndarray:
+    """`predict`'s class probabilities for `images`, computed `size` images at a time."""
+    chunks = [predict(images[start : start + size]) for start in range(0, len(images), size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, NUM_CLASSES), np.float32)

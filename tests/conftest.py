@@ -187,7 +187,7 @@ def mnist_model(empty_store, tmp_path_factory):
     Yields (tracking_uri, run_id, local path of the pyfunc `model`).
     """
     from digitml.config import load_config
-    from digitml.experiment import run_training
+    from digitml.training_run import run_training
 
     folder = shared_folder(tmp_path_factory, "model-store")
     record = folder / "model.json"

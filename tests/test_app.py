@@ -129,7 +129,7 @@ def shifted_version(mnist_model, registered_model):
     """Version 2 of digit-classifier: the fast recipe trained on MNIST with every label moved
     up by one (a 7 is taught as 8), so its answers differ from the champion's."""
     from digitml.config import load_config
-    from digitml.experiment import run_training
+    from digitml.training_run import run_training
 
     folder = Path(registered_model.removeprefix("sqlite:///")).parent
     with tracking_at(registered_model, folder):

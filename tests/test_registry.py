@@ -11,9 +11,9 @@ import pytest
 
 from conftest import all_runs, invoke_cli, new_store, run_cli, tracking_at
 from digitml.config import load_config
-from digitml.experiment import run_training
 from digitml.registry import RegistryError
 from digitml.registry import promote as promote_on
+from digitml.training_run import run_training
 
 NAME = "ladder"
 

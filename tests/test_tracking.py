@@ -20,8 +20,8 @@ from conftest import new_store, require_mnist, tracking_at
 from digitml import tracking
 from digitml.config import load_config
 from digitml.data import content_digest, load_mnist_dir, make_splits
-from digitml.experiment import run_training
 from digitml.precision import resolve_precision
+from digitml.training_run import run_training
 
 EPOCHS = 2
 ARTIFACTS = {

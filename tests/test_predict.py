@@ -63,3 +63,32 @@ def test_unreadable_files_get_the_servers_messages_and_a_non_zero_exit(
     assert errors[1].startswith("blank.png: the image is blank")
     assert errors[2].startswith("missing.png: No such file")
     assert "Traceback" not in result.stderr
+
+
+class CountingModel:
+    """The real pyfunc model, counting the calls made to it."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def predict(self, frame):
+        self.calls += 1
+        return self.model.predict(frame)
+
+
+def test_files_are_scored_in_one_model_call_and_each_bad_file_on_its_own(mnist_model, files):
+    import mlflow
+
+    from digitml.predict import predict_files
+
+    _, _, model_path = mnist_model
+    model = CountingModel(mlflow.pyfunc.load_model(model_path))
+    good = [str(files / name) for name in ("seven.png", "two.jpg", "seven.png")]
+    assert [prediction.digit for prediction in predict_files(model, good)] == [7, 2, 7]
+    assert model.calls == 1
+    mixed = [str(files / name) for name in ("notes.txt", "seven.png", "missing.png", "two.jpg")]
+    predictions = predict_files(model, mixed)
+    assert [prediction.path for prediction in predictions] == mixed
+    assert [prediction.digit for prediction in predictions] == [None, 7, None, 2]
+    assert predictions[0].error.startswith("not a readable image")
+    assert predictions[2].error.startswith("No such file")

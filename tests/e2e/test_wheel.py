@@ -153,7 +153,7 @@ def distribution_name(requirement: str) -> str:
 def imported_modules() -> set[str]:
     """The top-level modules digitml's code imports, other than the standard library's."""
     modules = set()
-    for source in (REPO_ROOT / "digitml").glob("*.py"):
+    for source in (REPO_ROOT / "digitml").rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
                 modules.update(alias.name.split(".")[0] for alias in node.names)

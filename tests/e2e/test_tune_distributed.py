@@ -21,7 +21,7 @@ best_epochs: 1
 dataset: digits
 experiment: distributed-test
 search_space:
-  dense_units: {type: int, min: 16, max: 128, step: 8}
+  model_params.dense_units: {type: int, min: 16, max: 128, step: 8}
 """
 
 

@@ -95,7 +95,7 @@ def test_mlflow_run_tune_runs_a_tiny_search(project, tracking_uri, tmp_path):
     search = tmp_path / "search.yaml"
     search.write_text(
         "base_config: fast\ntuner: random\nmax_trials: 2\nepochs: 1\nbest_epochs: 1\n"
-        "search_space:\n  dense_units: {type: int, min: 16, max: 64, step: 16}\n"
+        "search_space:\n  model_params.dense_units: {type: int, min: 16, max: 64, step: 16}\n"
     )
     result = mlflow_run(
         project,

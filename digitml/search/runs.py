@@ -1,0 +1,151 @@
+"""The search's MLflow runs: one parent run per search, a child run per trial, the summary of
+the trials on the parent, and the best configuration's retraining under it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from digitml import reports
+from digitml.config import TuneConfig
+from digitml.tracking import ending, tracked_run
+
+ORACLE_TAG = "digitml.oracle"
+OBJECTIVE = "val_accuracy"
+
+
+def _child_runs(parent_run_id: str, extra_filter: str = "") -> list[mlflow.entities.Run]:
+    parent = mlflow.get_run(parent_run_id)
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (
+        f" and {extra_filter}" if extra_filter else ""
+    )
+    return mlflow.search_runs(
+        [parent.info.experiment_id], filter_string=query, output_format="list"
+    )
+
+
+@contextmanager
+def search_run(config: TuneConfig, parent_file: Path) -> Iterator[mlflow.ActiveRun]:
+    """The search's parent run: the one recorded in `parent_file` if it exists, else a new one."""
+    saved = parent_file.read_text().strip() if parent_file.is_file() else None
+    if saved:
+        with tracked_run(config.experiment, run_id=saved) as run:
+            yield run
+        return
+    with tracked_run(
+        config.experiment, run_name=f"search {config.name}", tags={"digitml.kind": "tune"}
+    ) as run:
+        parent_file.write_text(run.info.run_id)
+        settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "search_space"}
+        mlflow.log_params({**settings, "search_space": json.dumps(config.search_space)})
+        mlflow.log_text(config.to_yaml(), "tune.yaml")
+        yield run
+
+
+def run_exists(run_id: str) -> bool:
+    try:
+        return mlflow.get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+@contextmanager
+def trial_run(
+    parent_run_id: str, experiment_id: str, trial_id: str, values: dict[str, Any]
+) -> Iterator[mlflow.ActiveRun]:
+    """A trial's child run; a trial re-run after a crash re-enters its run instead of adding one."""
+    existing = _child_runs(parent_run_id, f"tags.`digitml.trial_id` = '{trial_id}'")
+    if existing:
+        run_id = existing[0].info.run_id
+    else:
+        run_id = (
+            mlflow.MlflowClient()
+            .create_run(
+                experiment_id,
+                run_name=f"trial {trial_id}",
+                tags={
+                    "mlflow.parentRunId": parent_run_id,
+                    "digitml.kind": "trial",
+                    "digitml.trial_id": trial_id,
+                },
+            )
+            .info.run_id
+        )
+    run = mlflow.start_run(run_id=run_id, nested=True)
+    with ending():
+        mlflow.log_params({name.replace("tuner/", "tuner."): v for name, v in values.items()})
+        yield run
+
+
+def trial_seconds(parent_run_id: str) -> dict[str, float]:
+    """trial id -> training seconds, from the trials' child runs."""
+    return {
+        run.data.tags["digitml.trial_id"]: run.data.metrics.get("trial_seconds", float("nan"))
+        for run in _child_runs(parent_run_id, "tags.`digitml.kind` = 'trial'")
+    }
+
+
+def log_search_summary(trials: list[Any], parent_run_id: str) -> None:
+    """best_val_accuracy, best_* params, trials.csv and a figure comparing the trials."""
+    seconds = trial_seconds(parent_run_id)
+    rows = [
+        {
+            "trial_id": trial.trial_id,
+            **trial.hyperparameters.values,
+            "score": trial.score,
+            "status": trial.status,
+            "seconds": seconds.get(trial.trial_id),
+        }
+        for trial in sorted(trials, key=lambda trial: trial.trial_id)
+    ]
+    mlflow.log_text(pd.DataFrame(rows).to_csv(index=False), "trials.csv")
+    mlflow.log_figure(reports.trials_figure(rows), "trials.png")
+    reports.close_figures()
+    scored = [trial for trial in trials if trial.score is not None and trial.status == "COMPLETED"]
+    if scored:
+        best = max(scored, key=lambda trial: trial.score)
+        mlflow.log_metric(f"best_{OBJECTIVE}", best.score)
+        mlflow.log_params(
+            {
+                f"best_{k}": v
+                for k, v in best.hyperparameters.values.items()
+                if not k.startswith("tuner/")
+            }
+        )
+
+
+def finished_best_run(parent_run_id: str) -> str | None:
+    """The best configuration's finished training run under this search, if there is one."""
+    runs = _child_runs(
+        parent_run_id, "tags.`digitml.kind` = 'best' and attributes.status = 'FINISHED'"
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def running_search(experiment: str, oracle_address: str, wait_seconds: float) -> Any:
+    """The RUNNING search whose chief serves `oracle_address`, waiting a little for it to start."""
+    deadline = time.monotonic() + wait_seconds
+    query = (
+        f"tags.`digitml.kind` = 'tune' and tags.`{ORACLE_TAG}` = '{oracle_address}' "
+        "and attributes.status = 'RUNNING'"
+    )
+    while True:
+        found = mlflow.get_experiment_by_name(experiment)
+        runs = (
+            mlflow.search_runs([found.experiment_id], filter_string=query, output_format="list")
+            if found
+            else []
+        )
+        if runs:
+            return runs[0]
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(1)
