@@ -67,13 +67,18 @@ def registered_version(model_uri: str) -> ModelVersion | None:
     match = _VERSION_URI.match(model_uri)
     if not match:
         return None
-    client = mlflow.MlflowClient()
     try:
-        if match["alias"]:
-            return client.get_model_version_by_alias(match["name"], match["alias"])
-        return client.get_model_version(match["name"], match["version"])
+        return _version(match["name"], match["alias"], match["version"])
     except mlflow.exceptions.MlflowException as error:
         raise RegistryError(f"{model_uri} does not exist") from error
+
+
+def _version(name: str, alias: str | None, number: str | None) -> ModelVersion:
+    """Version `number` of `name`, or the one holding `alias`; MlflowException if none."""
+    client = mlflow.MlflowClient()
+    if alias:
+        return client.get_model_version_by_alias(name, alias)
+    return client.get_model_version(name, number)
 
 
 def candidate_version(model_uri: str, name: str) -> ModelVersion:
@@ -92,8 +97,8 @@ def candidate_version(model_uri: str, name: str) -> ModelVersion:
 
 def alias_holder(name: str, alias: str) -> ModelVersion | None:
     try:
-        return registered_version(f"models:/{name}@{alias}")
-    except RegistryError:
+        return _version(name, alias, None)
+    except mlflow.exceptions.MlflowException:
         return None
 
 

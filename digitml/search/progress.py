@@ -11,6 +11,7 @@ import keras_tuner as kt
 from digitml.config import TuneConfig
 from digitml.search import hyperband
 from digitml.search.runs import OBJECTIVE
+from digitml.search.space import searched
 
 ENDED_STATUSES = ("COMPLETED", "FAILED", "INVALID")
 
@@ -42,9 +43,7 @@ def progress_line(
         counter, left = f"trial {done}/{total}", f"  left ~{_clock(remaining)}"
     trial = oracle.get_trial(trial.trial_id)
     values = " ".join(
-        f"{name}={_short(value)}"
-        for name, value in trial.hyperparameters.values.items()
-        if not name.startswith("tuner/")
+        f"{name}={_short(value)}" for name, value in searched(trial.hyperparameters.values).items()
     )
     score = f"{trial.score:.4f}" if trial.score is not None else trial.status.lower()
     return (

@@ -16,6 +16,7 @@ import pandas as pd
 
 from digitml import reports
 from digitml.config import TuneConfig
+from digitml.search.space import TUNER_VALUE_PREFIX, searched
 from digitml.tracking import ending, tracked_run
 
 ORACLE_TAG = "digitml.oracle"
@@ -81,7 +82,9 @@ def trial_run(
         )
     run = mlflow.start_run(run_id=run_id, nested=True)
     with ending():
-        mlflow.log_params({name.replace("tuner/", "tuner."): v for name, v in values.items()})
+        mlflow.log_params(
+            {name.replace(TUNER_VALUE_PREFIX, "tuner."): v for name, v in values.items()}
+        )
         yield run
 
 
@@ -114,11 +117,7 @@ def log_search_summary(trials: list[Any], parent_run_id: str) -> None:
         best = max(scored, key=lambda trial: trial.score)
         mlflow.log_metric(f"best_{OBJECTIVE}", best.score)
         mlflow.log_params(
-            {
-                f"best_{k}": v
-                for k, v in best.hyperparameters.values.items()
-                if not k.startswith("tuner/")
-            }
+            {f"best_{path}": value for path, value in searched(best.hyperparameters.values).items()}
         )
 
 
