@@ -87,14 +87,29 @@ def setting_type(key: str) -> click.ParamType:
     return click.FloatRange(min=bound.minimum, min_open=bound.exclusive)
 
 
-LIMIT = from_config(
-    "--limit",
-    help="Train on N training images (seeded, class-balanced); the test set stays whole.",
-)
-SEED = from_config(
-    "--seed",
-    help="Seed of the validation split, the initial weights and the batch order.",
-)
+SETTING_HELP = {
+    "model": "Architecture name (see `digitml models`).",
+    "epochs": "Passes over the training images; in a search, the most one trial makes.",
+    "batch_size": "Images per training step.",
+    "learning_rate": "The optimizer's learning rate (the peak of a onecycle schedule).",
+    "optimizer": "Gradient-descent optimizer.",
+    "precision": "auto: bfloat16 compute where the CPU has it natively (AMX, AVX512-BF16).",
+    "limit": "Train on N training images (seeded, class-balanced); the test set stays whole.",
+    "seed": "Seed of the validation split, the initial weights and the batch order.",
+    "tuner": "How the next trial is chosen.",
+    "max_trials": "Trials the search runs in all.",
+    "best_epochs": "Epochs the best configuration is retrained for (none in the file: the base "
+    "recipe's).",
+    "register_as": "Registered model name for the best trial's retrained model.",
+}
+
+
+def overrides(*keys: str) -> Callable[[CommandFunction], CommandFunction]:
+    """An option per config setting in `keys` that overrides the --config file's value, with
+    its help from SETTING_HELP: one text per setting, whichever command takes it."""
+    return chain(
+        *(from_config("--" + key.replace("_", "-"), help=SETTING_HELP[key]) for key in keys)
+    )
 
 
 def data_options(
@@ -135,21 +150,9 @@ def cli() -> None:
 
 @cli.command()
 @config_file_option("Recipe", "fast, baseline, ...", show_default="default.yaml")
-@from_config("--model", help="Architecture name (see `digitml models`).")
-@from_config("--epochs", help="Passes over the training images.")
-@from_config("--batch-size", help="Images per training step.")
-@from_config(
-    "--learning-rate",
-    help="The optimizer's learning rate (the peak of a onecycle schedule).",
-)
-@from_config("--optimizer", help="Gradient-descent optimizer.")
-@from_config(
-    "--precision",
-    help="auto: bfloat16 compute where the CPU has it natively (AMX, AVX512-BF16).",
-)
+@overrides("model", "epochs", "batch_size", "learning_rate", "optimizer", "precision")
 @data_options()
-@LIMIT
-@SEED
+@overrides("limit", "seed")
 @option(
     "--resume",
     "resume_run_id",
@@ -208,23 +211,16 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
 
 @cli.command()
 @config_file_option("Search", "tune, tune-reference", default="tune")
-@from_config("--tuner", help="How the next trial is chosen.")
-@from_config("--max-trials", help="Trials the search runs in all.")
-@from_config("--epochs", help="Most epochs one trial trains.")
-@from_config(
-    "--best-epochs",
-    help="Epochs the best configuration is retrained for (none in the file: the base recipe's).",
-)
+@overrides("tuner", "max_trials", "epochs", "best_epochs")
 @data_options()
-@LIMIT
-@from_config("--register-as", help="Registered model name for the best trial's retrained model.")
+@overrides("limit", "register_as")
 @option(
     "--tuning-dir",
     type=click.Path(file_okay=False),
     show_default="tuning/<experiment>",
     help="Folder of the tuner's state, for resuming.",
 )
-@SEED
+@overrides("seed")
 @option(
     "--role",
     type=click.Choice(ROLES),

@@ -1,4 +1,4 @@
-"""evaluate and promote against a real registry: better, worse, equal, first champion, re-runs.
+"""`digitml promote` against a real registry: better, worse, equal, first champion, re-runs.
 
 The promotion cases are the steps of one history on one registered name, so no case is set up
 twice; each test checks one step. The models are trained and tested on sklearn's digits, where
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 
-from conftest import all_runs, invoke_cli, new_store, run_cli, tracking_at
+from conftest import all_runs, new_store, run_cli, tracking_at
 from digitml.config import load_config
 from digitml.registry import RegistryError
 from digitml.registry import promote as promote_on
@@ -160,54 +160,3 @@ def test_each_version_is_scored_once_and_its_score_kept_on_the_version(history):
 def test_uri_of_another_model_name_is_refused(store):
     with pytest.raises(RegistryError, match=f"not a version of 'theirs' \\(use --name {NAME}\\)"):
         promote_on(f"models:/{NAME}/1", name="theirs")
-
-
-@pytest.fixture(scope="module")
-def evaluation(store):
-    """`digitml evaluate` of the strong model: (its CLI result, its evaluation run)."""
-    result = invoke_cli(
-        "evaluate",
-        "--model-uri",
-        store.strong,
-        "--dataset",
-        "digits",
-        env={"MLFLOW_TRACKING_URI": store.uri},
-    )
-    assert result.exit_code == 0, result.stderr[-2000:]
-    run_id = result.stdout.split("evaluation run: ")[1].split()[0]
-    return result, mlflow.get_run(run_id)
-
-
-def test_evaluate_command_prints_a_table(evaluation):
-    result, run = evaluation
-    assert f"model:          {run.data.tags['source_model_uri']}" in result.stdout
-    assert f"test_accuracy:  {run.data.metrics['test_accuracy']:.4f}" in result.stdout
-    assert "recall per digit: 0:" in result.stdout
-
-
-def test_evaluate_logs_a_run_with_the_training_metrics_and_artifacts(store, evaluation):
-    _, run = evaluation
-    assert run.data.tags["digitml.kind"] == "evaluate"
-    assert run.data.tags["source_model_uri"] == store.strong
-    assert run.data.metrics["test_accuracy"] > 0.95
-    assert "test_recall_6" in run.data.metrics and "accuracy_score" in run.data.metrics
-    names = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {
-        "confusion_matrix.png",
-        "confusion_matrix.csv",
-        "classification_report.json",
-        "classification_report.txt",
-        "misclassified.png",
-    } <= names
-    strong_training = mlflow.get_run(store.strong.split("/")[1])
-    assert run.data.metrics["test_accuracy"] == pytest.approx(
-        strong_training.data.metrics["test_accuracy"], abs=1e-4
-    )
-
-
-def test_evaluate_command_names_a_missing_model(store):
-    result = invoke_cli(
-        "evaluate", "--model-uri", "models:/nope@champion", env={"MLFLOW_TRACKING_URI": store.uri}
-    )
-    assert result.exit_code == 1
-    assert "nope" in result.stderr

@@ -14,7 +14,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.exceptions import MlflowException
 
 from conftest import new_store, require_mnist, tracking_at
 from digitml import tracking
@@ -251,47 +250,6 @@ def test_models_pin_the_installed_version_of_exactly_what_they_import(logged, mo
     needed = imports | {keras.config.backend()}
     assert {name for name in needed if not providers[name] & set(pinned)} == set()
     assert {dist for dist in pinned if not any(dist in providers[n] for n in needed)} == set()
-
-
-@pytest.fixture(scope="module")
-def served(logged):
-    _, run, data, _ = logged
-    return mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model"), data
-
-
-def test_pyfunc_returns_digit_confidence_and_probabilities(served):
-    model, data = served
-    images = data.test_images[:8, ..., 0]
-    result = model.predict(pd.DataFrame({"pixels": [image.tolist() for image in images]}))
-    assert list(result.columns) == ["digit", "confidence", "probabilities"]
-    probabilities = np.array(result["probabilities"].tolist())
-    assert probabilities.shape == (8, 10)
-    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
-    assert (result["digit"].to_numpy() == probabilities.argmax(axis=1)).all()
-    assert np.allclose(result["confidence"], probabilities.max(axis=1))
-
-
-def test_pyfunc_reads_0_255_and_0_1_pixels_alike(served):
-    model, data = served
-    images = data.test_images[:4, ..., 0]
-    unit = model.predict(pd.DataFrame({"pixels": [image.tolist() for image in images]}))
-    bytes_ = model.predict(pd.DataFrame({"pixels": [(image * 255).tolist() for image in images]}))
-    assert unit["digit"].tolist() == bytes_["digit"].tolist()
-    assert np.allclose(unit["confidence"], bytes_["confidence"], atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "pixels, message",
-    [
-        (np.zeros((27, 28)).tolist(), "28x28"),
-        (np.full((28, 28), 300.0).tolist(), "0-255"),
-        (np.full((28, 28), np.nan).tolist(), "NaN"),
-    ],
-)
-def test_pyfunc_rejects_bad_pixels_with_a_clear_message(served, pixels, message):
-    model, _ = served
-    with pytest.raises(MlflowException, match=message):
-        model.predict(pd.DataFrame({"pixels": [pixels]}))
 
 
 def test_failure_inside_a_run_marks_it_failed(logged):

@@ -1,23 +1,13 @@
-"""Training in bfloat16 (a float32 model out, nothing left global) and side-by-side ensembles."""
-
-import platform
-from pathlib import Path
+"""Training: in bfloat16 (a float32 model out, nothing left global), ensembles side by side,
+from given weights, and the loss with label smoothing."""
 
 import keras
 import numpy as np
 import pytest
 
-from digitml.config import PRECISIONS, load_config
+from digitml.config import load_config
 from digitml.data import load_digits, make_splits
-from digitml.models import build_model
-from digitml.precision import (
-    auto_precision,
-    cpu_flags,
-    dtype_policy,
-    float32_model,
-    leaf_layers,
-    resolve_precision,
-)
+from digitml.precision import dtype_policy, leaf_layers
 from digitml.train import Crossentropy, predict_probabilities, train_model
 
 
@@ -78,48 +68,6 @@ def test_training_leaves_the_global_dtype_policy_as_it_was(ensemble_training):
     assert policy_after == GLOBAL_POLICY
 
 
-def test_float32_copy_keeps_the_weights_and_the_answers():
-    with dtype_policy("mixed_bfloat16"):
-        model = build_model("vgg")
-    copy = float32_model(model)
-    assert compute_dtypes(model) == {"bfloat16"} and compute_dtypes(copy) == {"float32"}
-    for original, copied in zip(model.get_weights(), copy.get_weights(), strict=True):
-        np.testing.assert_array_equal(original, copied)
-    images = load_digits().test_images[:64]
-    bf16 = np.asarray(model.predict_on_batch(images), np.float32)
-    assert np.abs(bf16 - np.asarray(copy.predict_on_batch(images))).max() < 0.05
-
-
-# Flags as /proc/cpuinfo lists them (abridged) on CPUs with and without native bfloat16.
-SAPPHIRE_RAPIDS = {"fpu", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
-COOPER_LAKE = {"fpu", "avx2", "avx512f", "avx512_bf16"}
-SKYLAKE_SERVER = {"fpu", "avx2", "avx512f", "avx512bw", "avx512vl"}
-EPYC_ROME = {"fpu", "avx2", "sha_ni", "clzero"}
-
-
-@pytest.mark.parametrize(
-    "flags, gpu, expected",
-    [
-        (SAPPHIRE_RAPIDS, False, "mixed_bfloat16"),
-        (COOPER_LAKE, False, "mixed_bfloat16"),
-        (SKYLAKE_SERVER, False, "float32"),
-        (EPYC_ROME, False, "float32"),
-        (SAPPHIRE_RAPIDS, True, "float32"),
-        (set(), False, "float32"),
-    ],
-)
-def test_auto_precision_picks_bfloat16_only_where_the_cpu_multiplies_it(flags, gpu, expected):
-    assert auto_precision(flags, gpu) == expected
-
-
-def test_explicit_precision_is_kept_and_auto_reads_this_machine():
-    assert resolve_precision("float32") == "float32"
-    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
-    assert resolve_precision("auto") in PRECISIONS
-    if platform.machine() == "x86_64" and Path("/proc/cpuinfo").is_file():
-        assert {"fpu", "sse2"} <= cpu_flags()  # every x86-64 CPU reports these
-
-
 def test_ensemble_serves_the_average_of_its_independently_started_members(ensemble_training):
     result, splits, _, _ = ensemble_training
     model = result.model
@@ -139,16 +87,6 @@ def test_ensemble_reports_the_averaged_accuracy_per_epoch(ensemble_training):
     accuracy = (probabilities.argmax(axis=1) == splits.val_labels).mean()
     assert result.history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
     assert accuracy > 0.9
-
-
-def test_ensemble_saves_and_loads_as_a_plain_keras_model(ensemble_training, tmp_path):
-    result, splits, _, _ = ensemble_training
-    result.model.save(tmp_path / "ensemble.keras")
-    loaded = keras.models.load_model(tmp_path / "ensemble.keras", compile=False)
-    images = splits.test_images[:32]
-    np.testing.assert_allclose(
-        loaded.predict_on_batch(images), result.model.predict_on_batch(images), atol=1e-6
-    )
 
 
 def test_training_starts_from_given_weights(tmp_path):
