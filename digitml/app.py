@@ -22,7 +22,7 @@ import streamlit as st
 from PIL import Image
 
 from digitml.config import DEFAULT_APP_MODEL_URI
-from digitml.imaging import ImageInputError, image_to_array
+from digitml.imaging import MAX_IMAGE_BYTES, ImageInputError, image_to_array
 from digitml.predict import one_image_message, predicted
 from digitml.registry import RegistryError, registered_name, registered_version
 
@@ -68,6 +68,8 @@ def start_page(settings: AppSettings, host: str, port: int) -> None:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--server.maxUploadSize",  # in MB: the upload widget then states the limit images have
+        str(MAX_IMAGE_BYTES // 2**20),
     ]
     os.execve(sys.executable, command, env)
 

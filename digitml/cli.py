@@ -15,9 +15,9 @@ from digitml.config import (
     BOUNDS,
     CHOICES,
     DEFAULT_APP_MODEL_URI,
-    DEFAULT_DATASET,
     DEFAULT_EXPERIMENT,
     DEFAULT_MODEL_NAME,
+    WORK_DIR_VARIABLE,
     ConfigError,
     TrainConfig,
 )
@@ -112,17 +112,23 @@ def overrides(*keys: str) -> Callable[[CommandFunction], CommandFunction]:
     )
 
 
-def data_options(
-    dataset: str | None = None, experiment: str | None = None
-) -> Callable[[CommandFunction], CommandFunction]:
-    """--dataset, --data-dir and --experiment, alike on every command that reads data; without
-    a default here, the --config file's value applies."""
+def data_options(of_a_model: bool = False) -> Callable[[CommandFunction], CommandFunction]:
+    """--dataset, --data-dir and --experiment, alike on every command that reads data. Not given:
+    the --config file's values, or for a command on a model (`of_a_model`) the dataset its own run
+    was trained on and the experiment the environment names."""
+    unset = option if of_a_model else from_config
+    dataset_default = {"show_default": "the model's run's, else mnist"} if of_a_model else {}
+    experiment_default = (
+        {"show_default": f"MLFLOW_EXPERIMENT_NAME or _ID, else {DEFAULT_EXPERIMENT}"}
+        if of_a_model
+        else {}
+    )
     return chain(
-        (option if dataset else from_config)(
+        unset(
             "--dataset",
             type=setting_type("dataset"),
-            default=dataset,
             help="MNIST, or scikit-learn's 8x8 digits (bundled: no files, no download).",
+            **dataset_default,
         ),
         option(
             "--data-dir",
@@ -132,10 +138,38 @@ def data_options(
             show_default="download MNIST through Keras",
             help="Folder with the four MNIST IDX files or mnist.npz.",
         ),
-        (option if experiment else from_config)(
-            "--experiment", default=experiment, help="MLflow experiment to record the run in."
+        unset(
+            "--experiment",
+            help="MLflow experiment to record the run in; not given, MLFLOW_EXPERIMENT_NAME or "
+            "MLFLOW_EXPERIMENT_ID (`mlflow run --experiment-name` sets it) comes before the "
+            "config's.",
+            **experiment_default,
         ),
     )
+
+
+def _use_work_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:  # read where it is needed, through config.work_dir
+        os.environ[WORK_DIR_VARIABLE] = value
+
+
+WORK_DIR = option(
+    "--work-dir",
+    type=click.Path(file_okay=False),
+    envvar=WORK_DIR_VARIABLE,
+    show_envvar=True,
+    show_default="~/.cache/digitml",
+    help="Folder of working files: checkpoints to resume from, the tuner's state.",
+    callback=_use_work_dir,
+    expose_value=False,
+)
+
+
+def chosen_experiment(given: str | None, fallback: str) -> str:
+    """--experiment, else the experiment the environment names, else `fallback`."""
+    from digitml.tracking import chosen_experiment as named_by_environment
+
+    return given or named_by_environment() or fallback
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -153,6 +187,7 @@ def cli() -> None:
 @overrides("model", "epochs", "batch_size", "learning_rate", "optimizer", "precision")
 @data_options()
 @overrides("limit", "seed")
+@WORK_DIR
 @option(
     "--resume",
     "resume_run_id",
@@ -169,6 +204,7 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
             config = _resumed_config(resume_run_id, config_file, overrides)
         else:
             config = load_config(config_file, overrides)
+            config.experiment = chosen_experiment(overrides["experiment"], config.experiment)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     # Imported once the options are checked (TensorFlow takes seconds): a typo answers at once.
@@ -217,9 +253,10 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
 @option(
     "--tuning-dir",
     type=click.Path(file_okay=False),
-    show_default="tuning/<experiment>",
+    show_default="<work dir>/tuning/<experiment>",
     help="Folder of the tuner's state, for resuming.",
 )
+@WORK_DIR
 @overrides("seed")
 @option(
     "--role",
@@ -252,6 +289,7 @@ def tune(
 
     try:
         config = load_tune_config(config_file, overrides)
+        config.experiment = chosen_experiment(overrides["experiment"], config.experiment)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     from digitml.data import DataError
@@ -292,12 +330,15 @@ def tune(
 @option(
     "--model-uri", required=True, help="runs:/RUN_ID/model, models:/NAME@ALIAS or models:/NAME/N."
 )
-@data_options(dataset=DEFAULT_DATASET, experiment=DEFAULT_EXPERIMENT)
-def evaluate(model_uri: str, dataset: str, data_dir: str | None, experiment: str) -> None:
+@data_options(of_a_model=True)
+def evaluate(
+    model_uri: str, dataset: str | None, data_dir: str | None, experiment: str | None
+) -> None:
     """Score a logged or registered model on the full test set, as a new MLflow run."""
     from digitml.evaluate import evaluate_model
 
     with _user_errors():
+        experiment = chosen_experiment(experiment, DEFAULT_EXPERIMENT)
         evaluation = evaluate_model(model_uri, dataset, data_dir, experiment)
     metrics = evaluation.metrics
     click.echo(f"model:          {model_uri}")
@@ -321,13 +362,14 @@ def evaluate(model_uri: str, dataset: str, data_dir: str | None, experiment: str
     help="Accuracy margin the candidate must add.",
 )
 @option("--force", is_flag=True, help="Move the alias whatever the comparison says.")
-@data_options(dataset=DEFAULT_DATASET, experiment=DEFAULT_EXPERIMENT)
-def promote(model_uri: str, **options: Any) -> None:
+@data_options(of_a_model=True)
+def promote(model_uri: str, experiment: str | None, **options: Any) -> None:
     """Register a candidate and move the alias to it only if it is at least as accurate."""
     from digitml.registry import promote as promote_candidate
 
     with _user_errors():
-        decision = promote_candidate(model_uri, **options)
+        experiment = chosen_experiment(experiment, DEFAULT_EXPERIMENT)
+        decision = promote_candidate(model_uri, experiment=experiment, **options)
     click.echo(decision.message)
 
 
@@ -371,7 +413,7 @@ def _user_errors():
 
     try:
         yield
-    except (DataError, RegistryError) as error:
+    except (ConfigError, DataError, RegistryError) as error:
         raise click.ClickException(str(error)) from error
     except mlflow.exceptions.MlflowException as error:
         raise click.ClickException(error.message.splitlines()[0]) from error

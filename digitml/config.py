@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,20 @@ CHOICES = {
     "precision": PRECISIONS,
     "tuner": TUNERS,
 }
+
+
+WORK_DIR_VARIABLE = "DIGITML_WORK_DIR"
+
+
+def work_dir() -> Path:
+    """Where digitml keeps its working files: the checkpoints an interrupted training resumes
+    from, a search's tuner state. $DIGITML_WORK_DIR, else the user's cache folder
+    ($XDG_CACHE_HOME/digitml, ~/.cache/digitml): never the folder a command runs in, which under
+    `mlflow run` is the project checkout."""
+    if os.environ.get(WORK_DIR_VARIABLE):
+        return Path(os.environ[WORK_DIR_VARIABLE])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "digitml"
 
 
 class ConfigError(ValueError):
@@ -290,10 +305,15 @@ def load_tune_config(path: str | Path, overrides: dict[str, Any] | None = None) 
     path = config_path(str(path))
     raw = _read_yaml(path)
     raw.setdefault("name", Path(path).stem)
-    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    raw.update(given)
     check_keys(raw, TuneConfig, str(path))
     config = TuneConfig(**raw)
     validate_tune(config)
+    if "epochs" in given and "best_epochs" not in given:
+        # A shorter search asked for on the command line (`-P epochs=2`) shortens its retraining
+        # too; a longer one leaves the retraining as the file says.
+        config.best_epochs = min(config.best_epochs or config.epochs, config.epochs)
     return config
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 
 from digitml import tracking
+from digitml.config import DEFAULT_DATASET, DEFAULT_EXPERIMENT
 from digitml.data import load_dataset
 from digitml.train import in_batches
 
@@ -31,10 +33,29 @@ def model_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) ->
     return in_batches(predict, images)
 
 
+def trained_on(model_uri: str) -> tuple[str, str | None]:
+    """The dataset the model's own run trained and tested it on, with that run's data folder if it
+    is one on this machine; MNIST where the run is not in this store (a model copied in)."""
+    try:
+        params = mlflow.get_run(mlflow.models.get_model_info(model_uri).run_id).data.params
+    except (mlflow.exceptions.MlflowException, TypeError):
+        return DEFAULT_DATASET, None
+    data_dir = params.get("data_dir")
+    here = data_dir if data_dir and Path(data_dir).is_dir() else None
+    return params.get("dataset", DEFAULT_DATASET), here
+
+
 def evaluate_model(
-    model_uri: str, dataset: str = "mnist", data_dir: str | None = None, experiment: str = "digitml"
+    model_uri: str,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
 ) -> Evaluation:
-    """Test metrics and report artifacts of `model_uri` (runs:/…, models:/name@alias, models:/name/3)."""
+    """Test metrics and report artifacts of `model_uri` (runs:/…, models:/name@alias, models:/name/3)
+    on `dataset`, by default the one the model was trained on."""
+    if dataset is None:
+        dataset, trained_dir = trained_on(model_uri)
+        data_dir = data_dir or trained_dir
     model = mlflow.pyfunc.load_model(model_uri)
     data = load_dataset(dataset, data_dir)
     probabilities = model_probabilities(model, data.test_images)
@@ -46,8 +67,9 @@ def evaluate_model(
         tracking.log_dataset_parts(
             data.name, data.source, {"test": (data.test_images, data.test_labels)}
         )
-        metrics = tracking.log_test_results(data.test_images, data.test_labels, probabilities)
+        # MLflow's evaluation first: it writes its own confusion_matrix.png, which ours replaces.
         log_static_evaluation(data.test_labels, probabilities.argmax(axis=1))
+        metrics = tracking.log_test_results(data.test_images, data.test_labels, probabilities)
     return Evaluation(run.info.run_id, model_uri, metrics)
 
 

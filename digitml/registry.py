@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
-from digitml.config import DEFAULT_DATASET, DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
-from digitml.evaluate import evaluate_model
+from digitml.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+from digitml.evaluate import evaluate_model, trained_on
 from digitml.tracking import PYFUNC_MODEL_NAME
 
 CHALLENGER = "challenger"
@@ -122,15 +122,19 @@ def promote(
     alias: str = CHAMPION,
     min_delta: float = 0.0,
     force: bool = False,
-    dataset: str = DEFAULT_DATASET,
+    dataset: str | None = None,
     data_dir: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
 ) -> PromotionDecision:
     """Move `alias` to the candidate only if its test accuracy >= the holder's + min_delta (or force).
 
-    Both are scored on the same test set (each version once per dataset, see `version_accuracy`);
-    the decision is recorded as tags on the candidate.
+    Both are scored on the same test set, by default that of the data the candidate was trained
+    on (each version once per dataset, see `version_accuracy`); the decision is recorded as tags
+    on the candidate.
     """
+    if dataset is None:
+        dataset, trained_dir = trained_on(model_uri)
+        data_dir = data_dir or trained_dir
     candidate = candidate_version(model_uri, name)
     holder = alias_holder(name, alias)
     if holder is not None and holder.version == candidate.version:
@@ -168,12 +172,13 @@ def promote(
         "promotion_decision": "promoted" if promoted else "rejected",
         "promotion_alias": alias,
         "candidate_test_accuracy": f"{candidate_accuracy:.6f}",
-        "champion_test_accuracy": "" if holder_accuracy is None else f"{holder_accuracy:.6f}",
-        "champion_version": "" if holder is None else str(holder.version),
         "promotion_min_delta": str(min_delta),
         "promotion_forced": str(force).lower(),
         "promotion_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if holder is not None:  # the first champion was compared with none
+        tags["champion_test_accuracy"] = f"{holder_accuracy:.6f}"
+        tags["champion_version"] = str(holder.version)
     for key, value in tags.items():
         client.set_model_version_tag(name, candidate.version, key, value)
     if promoted:

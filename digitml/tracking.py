@@ -17,15 +17,21 @@ import keras
 import mlflow
 import numpy as np
 from mlflow.entities import RunStatus
-from mlflow.environment_variables import MLFLOW_RUN_ID
+from mlflow.environment_variables import (
+    MLFLOW_EXPERIMENT_ID,
+    MLFLOW_EXPERIMENT_NAME,
+    MLFLOW_RUN_ID,
+)
 from mlflow.models import infer_signature
 
 from digitml import reports
-from digitml.config import TrainConfig
+from digitml.config import ConfigError, TrainConfig
 from digitml.data import Splits, content_digest
 from digitml.pyfunc import IMAGING_ARTIFACT, KERAS_MODEL_ARTIFACT
 
 CONFIG_ARTIFACT = "config.yaml"
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default experiment
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # what the MLflow UI shows as the run's commit
 KERAS_MODEL_NAME = KERAS_MODEL_ARTIFACT  # the native Keras model's name beside the pyfunc
 PYFUNC_MODEL_NAME = "model"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -64,10 +70,36 @@ def flat_params(config: TrainConfig) -> dict[str, Any]:
             params.update({f"{key}.{name}": v for name, v in value.items()})
         elif key in ("early_stopping", "reduce_lr"):  # a callback switched off
             params[key] = "false"
-        else:
+        elif value is not None:  # unset (data_dir, limit): no param rather than 'None'
             params[key] = value
     params["augmentation"] = str(config.augmentation.enabled).lower()
     return params
+
+
+def chosen_experiment() -> str | None:
+    """The experiment the environment names, if any: MLFLOW_EXPERIMENT_NAME, else the experiment
+    of MLFLOW_EXPERIMENT_ID (which `mlflow run --experiment-name` sets). Under `mlflow run`, the
+    Default experiment (id 0) is MLflow's fallback rather than a choice, so it does not count."""
+    if MLFLOW_EXPERIMENT_NAME.get():
+        return MLFLOW_EXPERIMENT_NAME.get()
+    experiment_id = MLFLOW_EXPERIMENT_ID.get()
+    if not experiment_id or (experiment_id == DEFAULT_EXPERIMENT_ID and MLFLOW_RUN_ID.get()):
+        return None
+    try:
+        return mlflow.MlflowClient().get_experiment(experiment_id).name
+    except mlflow.exceptions.MlflowException as error:
+        raise ConfigError(
+            f"MLFLOW_EXPERIMENT_ID={experiment_id}: no such experiment in {mlflow.get_tracking_uri()}"
+        ) from error
+
+
+def experiment_id_of(name: str) -> str:
+    """The experiment's id, creating it if needed. Not mlflow.set_experiment, which exports
+    MLFLOW_EXPERIMENT_ID to every process this one starts: a choice `chosen_experiment` would
+    then take for the user's."""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found is not None else client.create_experiment(name)
 
 
 @contextmanager
@@ -79,20 +111,18 @@ def tracked_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or re-enter) a run that always ends FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM).
 
-    Inside an active run the new one is its child, in the same experiment. Under `mlflow run`, the
-    launcher's run already holds the MLproject parameters as typed ('' for "from the config") and
-    MLflow forbids changing a param, so our run becomes the launcher's child.
+    Inside an active run the new one is its child, in the same experiment. Under `mlflow run`,
+    the run `mlflow run` made (its launcher, holding the MLproject parameters as typed) is left
+    beside ours and named after it: ours goes where `experiment` says, not into the launcher.
     """
-    if MLFLOW_RUN_ID.get() and mlflow.active_run() is None:
-        mlflow.start_run()  # the launcher: takes MLFLOW_RUN_ID and clears it for our run
-        with ending(), tracked_run(experiment, run_id, run_name, tags) as run:
-            yield run
-        return
+    launcher = MLFLOW_RUN_ID.get()
+    if launcher and mlflow.active_run() is None:
+        MLFLOW_RUN_ID.unset()  # else mlflow.start_run would re-enter the launcher
     parent = mlflow.active_run()
     if parent is not None:
         experiment_id = parent.info.experiment_id
     else:
-        experiment_id = mlflow.set_experiment(experiment).experiment_id
+        experiment_id = experiment_id_of(experiment)
     run = mlflow.start_run(
         run_id=run_id,
         experiment_id=experiment_id,
@@ -100,8 +130,25 @@ def tracked_run(
         nested=parent is not None,
         tags=tags,
     )
+    if launcher and parent is None:
+        point_launcher_to(launcher, run)
     with ending():
         yield run
+
+
+def point_launcher_to(launcher_id: str, run: mlflow.ActiveRun) -> None:
+    """Name `mlflow run`'s own run after ours and link the two, so either leads to the other."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment(run.info.experiment_id).name
+    client.set_tag(launcher_id, "mlflow.runName", f"mlflow run → {run.info.run_name}")
+    client.set_tag(launcher_id, "digitml.run_id", run.info.run_id)
+    client.set_tag(
+        launcher_id,
+        "mlflow.note.content",
+        f"digitml recorded this command as run {run.info.run_id} ({run.info.run_name}) "
+        f"in experiment '{experiment}'.",
+    )
+    mlflow.set_tag("digitml.launcher_run_id", launcher_id)
 
 
 @contextmanager
@@ -127,7 +174,7 @@ def log_run_config(config: TrainConfig, splits: Splits, kind: str = "train") -> 
     tags = {"config": config.name, "digitml.kind": kind}
     commit = git_commit()
     if commit:
-        tags["git_commit"] = commit
+        tags[GIT_COMMIT_TAG] = commit
     mlflow.set_tags(tags)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
@@ -12,12 +13,11 @@ import mlflow
 import yaml
 
 from digitml import tracking
-from digitml.config import TrainConfig, config_from_dict
+from digitml.config import TrainConfig, config_from_dict, work_dir
 from digitml.data import DigitData, load_dataset, make_splits
 from digitml.precision import resolve_precision
 from digitml.train import predict_probabilities, train_model
 
-DEFAULT_CHECKPOINT_ROOT = Path("checkpoints")
 EXAMPLE_IMAGES = 5
 
 
@@ -36,9 +36,10 @@ def run_training(
     config: TrainConfig,
     data: DigitData | None = None,
     resume_run_id: str | None = None,
-    checkpoint_root: Path = DEFAULT_CHECKPOINT_ROOT,
+    checkpoint_root: Path | None = None,
     progress: str = "lines",
     kind: str = "train",
+    run_name: str | None = None,
 ) -> RunOutcome:
     """Train `config` in an MLflow run (or continue `resume_run_id`); load data before the run starts.
 
@@ -48,13 +49,15 @@ def run_training(
     config = dataclasses.replace(config, precision=resolve_precision(config.precision))
     data = data or load_dataset(config.dataset, config.data_dir)
     splits = make_splits(data, config.val_fraction, config.seed, config.limit)
-    with tracking.tracked_run(config.experiment, run_id=resume_run_id) as run:
+    name = run_name or training_run_name(config)
+    with tracking.tracked_run(config.experiment, run_id=resume_run_id, run_name=name) as run:
         run_id = run.info.run_id
-        print(f"MLflow run {run_id} in experiment '{config.experiment}'", flush=True)
+        experiment = mlflow.get_experiment(run.info.experiment_id).name
+        print(f"MLflow run {run_id} ({run.info.run_name}) in experiment '{experiment}'", flush=True)
         if resume_run_id is None:
             tracking.log_run_config(config, splits, kind=kind)
             tracking.log_datasets(splits)
-        backup_dir = checkpoint_root / run_id
+        backup_dir = (checkpoint_root or work_dir() / "checkpoints") / run_id
         result = train_model(
             config,
             splits,
@@ -65,10 +68,19 @@ def run_training(
         tracking.log_training_summary(result.model, run_id, result.train_seconds)
         probabilities = predict_probabilities(result.model, splits.test_images)
         metrics = tracking.log_test_results(splits.test_images, splits.test_labels, probabilities)
-        with tempfile.TemporaryDirectory() as work_dir:
-            tracking.log_models(result.model, splits.test_images[:EXAMPLE_IMAGES], Path(work_dir))
+        with tempfile.TemporaryDirectory() as scratch:
+            tracking.log_models(result.model, splits.test_images[:EXAMPLE_IMAGES], Path(scratch))
         shutil.rmtree(backup_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the checkpoints folder, if no other run uses it
+            backup_dir.parent.rmdir()
     return RunOutcome(run_id, metrics, result.train_seconds)
+
+
+def training_run_name(config: TrainConfig) -> str:
+    """Recipe, network, ensemble size and seed, as a person scans a list of runs:
+    `default-small×3-s42`, `fast-stem-s1`."""
+    members = f"×{config.members}" if config.members > 1 else ""
+    return f"{config.name}-{config.model}{members}-s{config.seed}"
 
 
 def resumable_config(run_id: str, data_dir: str | None = None) -> TrainConfig:

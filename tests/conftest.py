@@ -98,21 +98,30 @@ def new_store(empty_store: Path, folder: Path) -> str:
 
 @contextlib.contextmanager
 def tracking_at(uri: str, folder: Path) -> Iterator[str]:
-    """Track to `uri` from `folder` (artifacts go to its ./mlruns), in this process and in the
-    processes it starts meanwhile."""
-    previous_dir, previous_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    """Track to `uri` from `folder` (artifacts go to its ./mlruns, digitml's working files to its
+    checkpoints/ and tuning/), in this process and in the processes it starts meanwhile."""
+    settings = {"MLFLOW_TRACKING_URI": uri, "DIGITML_WORK_DIR": str(folder)}
+    previous_dir = os.getcwd()
+    previous = {name: os.environ.get(name) for name in settings}
     os.chdir(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ.update(settings)
     mlflow.set_tracking_uri(uri)
     try:
         yield uri
     finally:
         mlflow.set_tracking_uri(None)
-        if previous_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         os.chdir(previous_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def work_dir(tmp_path_factory):
+    """digitml's working files, outside a store's folder, in a temp dir: not the user's cache."""
+    os.environ["DIGITML_WORK_DIR"] = str(tmp_path_factory.mktemp("work"))
 
 
 @pytest.fixture

@@ -247,3 +247,13 @@ def test_help_page_lists_the_choices():
     result = invoke_cli("tune", "--help")
     assert result.exit_code == 0
     assert "[hyperband|random|bayesian]" in result.output and "[chief|worker]" in result.output
+
+
+def test_train_records_in_the_experiment_the_environment_names(tracking_uri):
+    result = invoke_cli(
+        "train", "--config", "fast", "--dataset", "digits", env={"MLFLOW_EXPERIMENT_NAME": "env"}
+    )
+    assert result.exit_code == 0, result.output[-3000:]
+    (run,) = all_runs("env")
+    assert f"MLflow run {run.info.run_id} (fast-small-s42) in experiment 'env'" in result.stdout
+    assert run.data.params["experiment"] == "env"

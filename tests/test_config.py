@@ -1,6 +1,6 @@
 import pytest
 
-from digitml.config import EXPERIMENTS_DIR, ConfigError, load_config
+from digitml.config import EXPERIMENTS_DIR, ConfigError, load_config, load_tune_config
 
 REFERENCE_CONFIGS = ["baseline", "callbacks", "regularized", "tuned", "resnet", "default", "fast"]
 
@@ -104,3 +104,16 @@ def test_invalid_yaml_is_reported(tmp_path):
     path.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, best_epochs",
+    [
+        ({}, 18),  # tune.yaml's own
+        ({"epochs": 2}, 2),  # a shorter search shortens the retraining too
+        ({"epochs": 30}, 18),  # a longer one leaves it
+        ({"epochs": 2, "best_epochs": 5}, 5),
+    ],
+)
+def test_a_shorter_search_on_the_command_line_shortens_its_retraining(overrides, best_epochs):
+    assert load_tune_config("tune", overrides).best_epochs == best_epochs

@@ -3,6 +3,7 @@
 import mlflow
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import invoke_cli, new_store, tracking_at
 from digitml.data import load_digits
@@ -51,6 +52,9 @@ def test_evaluation_run_holds_the_models_own_test_metrics_and_reports(evaluation
     assert "test_recall_6" in run.data.metrics and "accuracy_score" in run.data.metrics
     names = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert REPORT_ARTIFACTS <= names
+    # Ours (7 x 6 inches, counts), not the normalized one MLflow's evaluation writes first.
+    figure = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/confusion_matrix.png")
+    assert Image.open(figure).size == (700, 600)
 
 
 def test_probabilities_come_back_in_image_order_across_batches(mnist_model):

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import all_runs, new_store, run_cli, tracking_at
 from digitml.config import load_config
+from digitml.evaluate import evaluate_model
 from digitml.registry import RegistryError
 from digitml.registry import promote as promote_on
 from digitml.training_run import run_training
@@ -95,6 +96,7 @@ def test_promote_command_makes_the_first_candidate_champion(history):
     assert "version 1" in first.cli.stdout and "is the first 'champion'" in first.cli.stdout
     assert first.state.champion == "1"
     assert first.state.tags["1"]["promotion_decision"] == "promoted"
+    assert "champion_version" not in first.state.tags["1"]  # compared with none: no empty tags
 
 
 def test_rerunning_the_same_promotion_changes_nothing(history):
@@ -160,3 +162,12 @@ def test_each_version_is_scored_once_and_its_score_kept_on_the_version(history):
 def test_uri_of_another_model_name_is_refused(store):
     with pytest.raises(RegistryError, match=f"not a version of 'theirs' \\(use --name {NAME}\\)"):
         promote_on(f"models:/{NAME}/1", name="theirs")
+
+
+def test_promote_and_evaluate_score_on_the_data_the_candidate_was_trained_on(store):
+    """No --dataset: the candidate's run says digits, so no MNIST is looked for."""
+    decision = promote_on(store.weak, name="own-data")
+    tags = mlflow.MlflowClient().get_model_version("own-data", decision.candidate_version).tags
+    assert "test_accuracy.digits" in tags and "test_accuracy.mnist" not in tags
+    evaluation = evaluate_model(store.weak)
+    assert mlflow.get_run(evaluation.run_id).data.params["dataset"] == "digits"

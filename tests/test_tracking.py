@@ -84,15 +84,17 @@ def test_every_resolved_hyperparameter_is_a_param(logged):
         "reduce_lr.min_lr": "0.0001",
     }
     assert {key: params.get(key) for key in expected} == expected
+    assert "data_dir" not in params and "limit" in params  # unset: no 'None' param
 
 
 def test_tags_name_the_config_and_commit(logged):
     _, run, _, _ = logged
     assert run.data.tags["config"] == "callbacks"
+    assert run.info.run_name == "callbacks-baseline-s42"  # recipe, network, seed
     commit = tracking.git_commit()
     if commit is None:
         pytest.skip("digitml does not run from a git checkout here")
-    assert run.data.tags["git_commit"] == commit and len(commit) == 40
+    assert run.data.tags["mlflow.source.git.commit"] == commit and len(commit) == 40
 
 
 def test_config_artifact_reproduces_the_run(logged):
@@ -262,3 +264,25 @@ def test_interrupt_inside_a_run_marks_it_killed(logged):
     with pytest.raises(KeyboardInterrupt), tracking.tracked_run("status-test") as run:
         raise KeyboardInterrupt
     assert mlflow.get_run(run.info.run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize(
+    "environment, expected",
+    [
+        ({}, None),
+        ({"MLFLOW_EXPERIMENT_NAME": "named"}, "named"),
+        ({"MLFLOW_EXPERIMENT_ID": "{id}"}, "by-id"),
+        ({"MLFLOW_EXPERIMENT_ID": "{id}", "MLFLOW_RUN_ID": "launcher"}, "by-id"),
+        # `mlflow run` without --experiment-name: its Default is no choice
+        ({"MLFLOW_EXPERIMENT_ID": "0", "MLFLOW_RUN_ID": "launcher"}, None),
+        ({"MLFLOW_EXPERIMENT_ID": "0"}, "Default"),
+    ],
+)
+def test_the_experiment_the_environment_names(tracking_uri, monkeypatch, environment, expected):
+    mlflow.set_experiment("Default")
+    experiment_id = mlflow.create_experiment("by-id")
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value.format(id=experiment_id))
+    assert tracking.chosen_experiment() == expected

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from digitml.config import ConfigError
+from digitml.config import ConfigError, work_dir
 
 DEFAULT_ORACLE = "127.0.0.1:8000"
 ROLES = ("chief", "worker")
-TUNING_ROOT = Path("tuning")
 CHIEF_TIMEOUT_SECONDS = 20
 
 
@@ -75,14 +74,15 @@ def join_search(role: Role) -> None:
 
 
 def tuning_folder(experiment: str, role: Role, given: str | Path | None = None) -> Path:
-    """The tuner's state folder: `given`, else tuning/<experiment>; a worker given an id keeps its
-    own trial folders (checkpoints, to resume from) beside the chief's, in
-    tuning/<experiment>-<worker id>."""
+    """The tuner's state folder: `given`, else tuning/<experiment> in the work folder
+    (`config.work_dir`); a worker given an id keeps its own trial folders (checkpoints, to resume
+    from) beside the chief's, in tuning/<experiment>-<worker id>."""
     if given:
         return Path(given)
+    root = work_dir() / "tuning"
     if role.named_worker:
-        return TUNING_ROOT / f"{experiment}-{role.tuner_id}"
-    return TUNING_ROOT / experiment
+        return root / f"{experiment}-{role.tuner_id}"
+    return root / experiment
 
 
 def chief_reachable(address: str, timeout: float = CHIEF_TIMEOUT_SECONDS) -> bool:

@@ -10,7 +10,7 @@ import keras_tuner as kt
 
 from digitml.config import TuneConfig
 from digitml.search import hyperband
-from digitml.search.runs import OBJECTIVE
+from digitml.search.runs import OBJECTIVE, trial_run_name
 from digitml.search.space import searched
 
 ENDED_STATUSES = ("COMPLETED", "FAILED", "INVALID")
@@ -23,22 +23,24 @@ def progress_line(
     started: float,
     ended_at_start: int,
     on_worker: bool,
+    retrain_epochs: int,
 ) -> str:
     """`trial k/N  hp=…  score  best  elapsed  left` for one finished trial.
 
     A worker sees the search only through the chief: it asks for the trial's score by id
     and prints its own trials' ids instead of the overall count. The time left is estimated from
-    the pace of this process's trials (`ended_at_start` had ended before it started).
+    the pace of this process's trials (`ended_at_start` had ended before it started), and
+    includes the best configuration's retraining (`retrain_epochs`).
     """
     total = config.max_trials
     best = oracle.get_best_trials(1)
     best_score = f"{best[0].score:.4f}" if best and best[0].score is not None else "-"
     elapsed = time.monotonic() - started
     if on_worker:
-        counter, left = f"trial {trial.trial_id} of {total}", ""
+        counter, left = f"{trial_run_name(trial.trial_id)} of {total}", ""
     else:
         done = ended_trials(oracle)
-        epochs = trial_epochs(oracle, config)
+        epochs = [*trial_epochs(oracle, config), retrain_epochs]
         remaining = seconds_left(elapsed, epochs, ended_at_start, done)
         counter, left = f"trial {done}/{total}", f"  left ~{_clock(remaining)}"
     trial = oracle.get_trial(trial.trial_id)

@@ -41,11 +41,14 @@ def search_run(config: TuneConfig, parent_file: Path) -> Iterator[mlflow.ActiveR
         with tracked_run(config.experiment, run_id=saved) as run:
             yield run
         return
-    with tracked_run(
-        config.experiment, run_name=f"search {config.name}", tags={"digitml.kind": "tune"}
-    ) as run:
+    name = config.name if config.name.startswith("tune") else f"tune-{config.name}"
+    with tracked_run(config.experiment, run_name=name, tags={"digitml.kind": "tune"}) as run:
         parent_file.write_text(run.info.run_id)
-        settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "search_space"}
+        settings = {
+            key: value
+            for key, value in dataclasses.asdict(config).items()
+            if key != "search_space" and value is not None  # unset: no param, not 'None'
+        }
         mlflow.log_params({**settings, "search_space": json.dumps(config.search_space)})
         mlflow.log_text(config.to_yaml(), "tune.yaml")
         yield run
@@ -65,27 +68,25 @@ def trial_run(
     """A trial's child run; a trial re-run after a crash re-enters its run instead of adding one."""
     existing = _child_runs(parent_run_id, f"tags.`digitml.trial_id` = '{trial_id}'")
     if existing:
-        run_id = existing[0].info.run_id
+        run = mlflow.start_run(run_id=existing[0].info.run_id, nested=True)
     else:
-        run_id = (
-            mlflow.MlflowClient()
-            .create_run(
-                experiment_id,
-                run_name=f"trial {trial_id}",
-                tags={
-                    "mlflow.parentRunId": parent_run_id,
-                    "digitml.kind": "trial",
-                    "digitml.trial_id": trial_id,
-                },
-            )
-            .info.run_id
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=trial_run_name(trial_id),
+            parent_run_id=parent_run_id,
+            nested=True,
+            tags={"digitml.kind": "trial", "digitml.trial_id": trial_id},
         )
-    run = mlflow.start_run(run_id=run_id, nested=True)
     with ending():
         mlflow.log_params(
             {name.replace(TUNER_VALUE_PREFIX, "tuner."): v for name, v in values.items()}
         )
         yield run
+
+
+def trial_run_name(trial_id: str) -> str:
+    """`trial-07` for Keras Tuner's trial "06": counted from 1, as the terminal counts."""
+    return f"trial-{int(trial_id) + 1:02d}"
 
 
 def trial_seconds(parent_run_id: str) -> dict[str, float]:

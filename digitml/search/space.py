@@ -12,7 +12,14 @@ from typing import Any
 
 import keras_tuner as kt
 
-from digitml.config import MODEL_PARAMS, ConfigError, TrainConfig, config_from_dict, set_path
+from digitml.config import (
+    MODEL_PARAMS,
+    ConfigError,
+    TrainConfig,
+    TuneConfig,
+    config_from_dict,
+    set_path,
+)
 from digitml.models import check_model_params
 
 TUNER_VALUE_PREFIX = "tuner/"  # Keras Tuner's own entries (Hyperband's epochs, round, trial id)
@@ -64,3 +71,9 @@ def searched(values: dict[str, Any]) -> dict[str, Any]:
     return {
         path: value for path, value in values.items() if not path.startswith(TUNER_VALUE_PREFIX)
     }
+
+
+def retrain_epochs(config: TuneConfig, base: TrainConfig) -> int:
+    """Epochs the best configuration is retrained for: the search's `best_epochs`, else the base
+    recipe's."""
+    return config.best_epochs or base.epochs

@@ -26,7 +26,7 @@ from digitml.search import hyperband
 from digitml.search.distributed import chief_reachable
 from digitml.search.progress import ended_trials, progress_line
 from digitml.search.runs import OBJECTIVE, trial_run
-from digitml.search.space import search_space, trial_config
+from digitml.search.space import retrain_epochs, search_space, trial_config
 from digitml.train import train_model
 
 PROJECT_NAME = "search"
@@ -263,5 +263,6 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
             context.started,
             context.ended_at_start,
             on_worker=context.oracle_address is not None,
+            retrain_epochs=retrain_epochs(context.tune, context.base),
         )
         print(line, flush=True)

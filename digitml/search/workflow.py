@@ -21,7 +21,7 @@ from digitml.search.distributed import (
     serve_oracle,
     tuning_folder,
 )
-from digitml.search.space import check_model_paths, trial_config
+from digitml.search.space import check_model_paths, retrain_epochs, trial_config
 from digitml.search.tuner import DigitTuner, SearchContext, SearchEnded, TuningStateError
 from digitml.training_run import run_training
 
@@ -86,9 +86,10 @@ def run_chief(
             return SearchOutcome(parent.info.run_id, None, None, None)
         best_run_id = runs.finished_best_run(parent.info.run_id)
         if best_run_id is None:
-            epochs = config.best_epochs or base.epochs
+            epochs = retrain_epochs(config, base)
             best_config = trial_config(base, best[0].hyperparameters.values, epochs)
-            best_run_id = run_training(best_config, data=data, kind="best").run_id
+            name = f"best-{runs.trial_run_name(best[0].trial_id)}"
+            best_run_id = run_training(best_config, data=data, kind="best", run_name=name).run_id
         version = registry.register_challenger(best_run_id, config.register_as)
     return SearchOutcome(parent.info.run_id, best_run_id, best[0].score, version)
 

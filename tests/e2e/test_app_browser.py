@@ -97,6 +97,7 @@ def test_upload_in_headless_chromium_shows_the_digit(app_url, tmp_path):
         upload = wait.until(
             expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))
         )
+        assert "10MB per file" in driver.page_source  # the limit the model itself has
         image = tmp_path / "seven.png"
         image.write_bytes(drawn_seven())
         upload.send_keys(str(image))

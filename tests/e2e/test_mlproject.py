@@ -31,6 +31,7 @@ def mlflow_run(
     cwd: Path,
     experiment: str | None = "mlproject-test",
     entry_point: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     venv_bin = str(Path(sys.executable).parent)
     command = [
@@ -46,15 +47,26 @@ def mlflow_run(
         command += ["--experiment-name", experiment]
     for param in params:
         command += ["-P", param]
-    env = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+    path = venv_bin + os.pathsep + os.environ.get("PATH", "")
     return subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+        command,
+        cwd=cwd,
+        env={**os.environ, "PATH": path, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
-def test_mlflow_run_trains_a_slice_of_mnist_in_the_run_mlflow_made(project, tracking_uri, tmp_path):
-    """No -e: the main entry point. Without --experiment-name, MLflow's launcher run is in Default
-    and ours is its child."""
+def test_mlflow_run_trains_in_the_recipes_experiment_and_writes_nothing_into_the_project(
+    project, tracking_uri, tmp_path
+):
+    """No -e: the main entry point. Without --experiment-name, MLflow puts its own (launcher) run
+    in Default; ours goes to the recipe's experiment, and the launcher is named after it. The
+    working files go to the user's cache folder, and none is left there."""
+    before = sorted(path.relative_to(project) for path in project.rglob("*"))
+    cache = tmp_path / "cache"
     result = mlflow_run(
         project,
         "config=fast",
@@ -63,16 +75,26 @@ def test_mlflow_run_trains_a_slice_of_mnist_in_the_run_mlflow_made(project, trac
         f"data_dir={require_mnist()}",
         cwd=tmp_path,
         experiment=None,
+        env={"XDG_CACHE_HOME": str(cache), "DIGITML_WORK_DIR": ""},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = all_runs("Default")
-    assert len(runs) == 2
-    launcher, run = sorted(runs, key=lambda run: "mlflow.parentRunId" in run.data.tags)
-    assert run.data.tags["mlflow.parentRunId"] == launcher.info.run_id
+    (launcher,) = all_runs("Default")
+    (run,) = all_runs("digitml")
+    assert f"MLflow run {run.info.run_id} (fast-small-s42) in experiment 'digitml'" in result.stdout
+    assert run.info.run_name == "fast-small-s42" and "mlflow.parentRunId" not in run.data.tags
+    assert run.data.params["experiment"] == "digitml"
+    assert launcher.info.run_name == "mlflow run → fast-small-s42"
+    assert launcher.data.tags["digitml.run_id"] == run.info.run_id
     assert launcher.info.status == run.info.status == "FINISHED"
     assert run.data.params["train_size"] == "270"
     assert run.data.params["model"] == "small"  # from fast.yaml: '' params keep the config's values
     assert "test_accuracy" in run.data.metrics
+    # Working files stay out of the project. (Artifacts of an experiment digitml creates here
+    # still go to ./mlruns, which MLflow resolves against the project folder `mlflow run` uses.)
+    after = {path.relative_to(project) for path in project.rglob("*")} - set(before)
+    assert {path.parts[0] for path in after} <= {"mlruns"}
+    assert (cache / "digitml").is_dir()  # the work folder was used, and left with no file
+    assert [path for path in (cache / "digitml").rglob("*") if path.is_file()] == []
 
 
 def test_mlflow_run_without_an_entry_point_is_the_training():
@@ -111,3 +133,16 @@ def test_mlflow_run_tune_runs_a_tiny_search(project, tracking_uri, tmp_path):
         run.data.tags.get("digitml.kind", "launcher") for run in all_runs("mlproject-test")
     )
     assert kinds == ["best", "launcher", "trial", "trial", "tune"]
+    runs = {
+        run.data.tags.get("digitml.kind", "launcher"): run for run in all_runs("mlproject-test")
+    }
+    search_run, launcher = runs["tune"], runs["launcher"]
+    assert "mlflow.parentRunId" not in search_run.data.tags  # two levels: search, trials
+    assert launcher.data.tags["digitml.run_id"] == search_run.info.run_id
+    assert search_run.info.run_name == "tune-search" and runs["best"].info.run_name in {
+        "best-trial-01",
+        "best-trial-02",
+    }
+    trial_names = sorted(run.info.run_name for run in all_runs("mlproject-test"))
+    assert {"trial-01", "trial-02"} <= set(trial_names)
+    assert "limit" not in search_run.data.params  # unset: no 'None' param

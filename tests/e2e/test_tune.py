@@ -81,6 +81,10 @@ def test_search_nests_one_child_run_per_trial_and_registers_the_best(searched):
     (best,) = runs_by_kind("best")
     assert len(trials) == 4
     assert {run.data.tags["mlflow.parentRunId"] for run in trials + [best]} == {parent.info.run_id}
+    # Named as the terminal counts them (trial 1/4 ... 4/4), and source-tagged like any run.
+    assert sorted(run.info.run_name for run in trials) == [f"trial-0{n}" for n in range(1, 5)]
+    assert all("mlflow.source.name" in run.data.tags for run in trials)
+    assert best.info.run_name.startswith("best-trial-0")
     client = mlflow.MlflowClient()
     for trial in trials:
         assert {"model_params.dense_units", "learning_rate"} <= set(trial.data.params)
@@ -212,7 +216,7 @@ def test_search_state_cut_short_is_named_instead_of_a_traceback(search, tmp_path
         result = invoke_cli("tune", "--config", str(search.folder / "search.yaml"))
     assert result.exit_code == 1
     assert "holds a search state file that is cut short" in result.stderr
-    assert f"delete {Path('tuning') / 'tune-test'}" in result.stderr
+    assert f"delete {tmp_path / 'tuning' / 'tune-test'}" in result.stderr
     assert "Traceback" not in result.output
 
 
