@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from digitml import console  # first: it quiets TensorFlow before anything imports it
 from digitml.config import (
     BOUNDS,
     CHOICES,
@@ -22,10 +23,6 @@ from digitml.config import (
     TrainConfig,
 )
 from digitml.search.distributed import DEFAULT_ORACLE, ROLES
-
-# TensorFlow's C++ start-up chatter hides the lines users need; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
 FROM_CONFIG = "from --config"
@@ -167,6 +164,7 @@ WORK_DIR = option(
 
 def chosen_experiment(given: str | None, fallback: str) -> str:
     """--experiment, else the experiment the environment names, else `fallback`."""
+    console.load_tensorflow()  # digitml.tracking imports Keras
     from digitml.tracking import chosen_experiment as named_by_environment
 
     return given or named_by_environment() or fallback
@@ -199,6 +197,7 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     """Train a model and record the run in MLflow."""
     from digitml.config import load_config
 
+    console.load_tensorflow()  # checking the model's name and params builds it with Keras
     try:
         if resume_run_id:
             config = _resumed_config(resume_run_id, config_file, overrides)
@@ -335,6 +334,7 @@ def evaluate(
     model_uri: str, dataset: str | None, data_dir: str | None, experiment: str | None
 ) -> None:
     """Score a logged or registered model on the full test set, as a new MLflow run."""
+    console.load_tensorflow()
     from digitml.evaluate import evaluate_model
 
     with _user_errors():
@@ -365,6 +365,7 @@ def evaluate(
 @data_options(of_a_model=True)
 def promote(model_uri: str, experiment: str | None, **options: Any) -> None:
     """Register a candidate and move the alias to it only if it is at least as accurate."""
+    console.load_tensorflow()
     from digitml.registry import promote as promote_candidate
 
     with _user_errors():
@@ -385,6 +386,7 @@ def predict(model_uri: str, as_json: bool, images: tuple[str, ...]) -> None:
 
     import mlflow
 
+    console.load_tensorflow()
     from digitml.predict import predict_files
 
     with _user_errors():
@@ -446,6 +448,7 @@ def app(model_uri: str | None, endpoint: str | None, port: int, host: str) -> No
 @cli.command()
 def models() -> None:
     """List the architectures with their parameter counts."""
+    console.load_tensorflow()
     from digitml.models import parameter_counts
 
     rows = parameter_counts()

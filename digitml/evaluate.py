@@ -75,7 +75,9 @@ def evaluate_model(
 
 def log_static_evaluation(labels: np.ndarray, predicted: np.ndarray) -> None:
     """MLflow's own classifier evaluation of fixed predictions (its metrics beside ours)."""
-    frame = pd.DataFrame({"label": labels, "prediction": predicted})
+    # Digits as text: MLflow takes integer labels for a regression's ("the model type looks like
+    # None") and classes given as text for a classifier's.
+    frame = pd.DataFrame({"label": labels.astype(str), "prediction": predicted.astype(str)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlflow.models.evaluate(

@@ -34,7 +34,9 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         )
         self.model = keras.models.load_model(context.artifacts[KERAS_MODEL_ARTIFACT], compile=False)
 
-    def predict(self, context, model_input, params=None):
+    # A DataFrame hint: MLflow infers no schema from it, so every input reaches this method to be
+    # checked here (MLflow passes a DataFrame from a REST request; see input_rows for the rest).
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         try:
             images = self.imaging.rows_to_batch(input_rows(model_input))
         except self.imaging.ImageInputError as error:

@@ -34,8 +34,57 @@ def register_run_model(
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.run_id == run_id and _model_name(version) == artifact_path:
             return version
-    registered = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name)
+    registered = mlflow.register_model(logged_model_uri(run_id, artifact_path), name)
+    describe(name, registered.version, run_id)
     return client.get_model_version(name, registered.version)
+
+
+MODEL_DESCRIPTION = """Handwritten-digit classifier logged by digitml (served with `mlflow models serve`).
+
+Input: a DataFrame, one row per image, with either
+- `image`: the bytes of a PNG, JPEG, BMP, GIF or WebP file (base64 text in JSON), any size up to
+  10 MiB; or
+- `pixels`: a 28x28 array, 0-255 or 0-1, white digit on black (MNIST's convention), or base64 of
+  its 784 bytes.
+
+Output, one row per input: `digit` (0-9), `confidence` (its probability) and `probabilities`
+(10 floats). Bad input gets HTTP 400 with a message naming the row and the problem.
+Example request: `{"dataframe_records": [{"image": "<base64 of a PNG>"}]}`."""
+
+
+def describe(name: str, version: str, run_id: str) -> None:
+    """What the registered model takes and gives (once), and what this version is: its recipe,
+    network, data and test accuracy, from its run."""
+    client = mlflow.MlflowClient()
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)
+    run = client.get_run(run_id)
+    params, metrics = run.data.params, run.data.metrics
+    members = f" x{params['members']}" if params.get("members", "1") != "1" else ""
+    accuracy = metrics.get("test_accuracy")
+    client.update_model_version(
+        name,
+        version,
+        description=(
+            f"Recipe '{run.data.tags.get('config', '?')}': {params.get('model', '?')}{members}, "
+            f"{params.get('epochs', '?')} epochs, seed {params.get('seed', '?')}, trained on "
+            f"{params.get('dataset', '?')}"
+            + (f"; test accuracy {accuracy:.4f}" if accuracy is not None else "")
+            + f". Run {run.info.run_name} ({run_id})."
+        ),
+    )
+
+
+def logged_model_uri(run_id: str, name: str) -> str:
+    """`models:/m-…` of the model the run logged as `name`: what MLflow 3 registers (given
+    runs:/…, it looks for run artifacts first and warns that it found none)."""
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+        output_format="list",
+    )
+    return f"models:/{found[0].model_id}" if found else f"runs:/{run_id}/{name}"
 
 
 def _model_name(version: ModelVersion) -> str:

@@ -3,7 +3,9 @@ test results, figures and models."""
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
+import io
 import json
 import subprocess
 import time
@@ -16,13 +18,16 @@ from typing import Any
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.entities import RunStatus
 from mlflow.environment_variables import (
     MLFLOW_EXPERIMENT_ID,
     MLFLOW_EXPERIMENT_NAME,
     MLFLOW_RUN_ID,
 )
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import Array, ColSpec, Schema
+from PIL import Image
 
 from digitml import reports
 from digitml.config import ConfigError, TrainConfig
@@ -31,6 +36,8 @@ from digitml.pyfunc import IMAGING_ARTIFACT, KERAS_MODEL_ARTIFACT
 
 CONFIG_ARTIFACT = "config.yaml"
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default experiment
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the MLflow 3 UI opens an experiment on
+MODEL_TRAINING = "custom_model_development"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # what the MLflow UI shows as the run's commit
 KERAS_MODEL_NAME = KERAS_MODEL_ARTIFACT  # the native Keras model's name beside the pyfunc
 PYFUNC_MODEL_NAME = "model"
@@ -94,12 +101,18 @@ def chosen_experiment() -> str | None:
 
 
 def experiment_id_of(name: str) -> str:
-    """The experiment's id, creating it if needed. Not mlflow.set_experiment, which exports
-    MLFLOW_EXPERIMENT_ID to every process this one starts: a choice `chosen_experiment` would
-    then take for the user's."""
+    """The experiment's id, creating it if needed, marked as model training (unless it says what
+    it is already) so the MLflow UI opens it on its runs rather than on GenAI traces.
+
+    Not mlflow.set_experiment, which exports MLFLOW_EXPERIMENT_ID to every process this one
+    starts: a choice `chosen_experiment` would then take for the user's."""
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found is not None else client.create_experiment(name)
+    if found is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return found.experiment_id
 
 
 @contextmanager
@@ -211,8 +224,10 @@ def log_dataset_parts(
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
-    """Logs loss, accuracy, val_loss, val_accuracy, learning_rate and epoch_seconds, step = epoch
-    (counted from `first_step`: a training that continues an earlier one goes on numbering)."""
+    """Logs loss, accuracy, val_loss, val_accuracy, epoch_learning_rate (the rate at the epoch's
+    end: not `learning_rate`, the param that holds the schedule's peak) and epoch_seconds,
+    step = epoch (counted from `first_step`: a training that continues an earlier one goes on
+    numbering)."""
 
     def __init__(self, first_step: int = 0) -> None:
         super().__init__()
@@ -222,8 +237,10 @@ class EpochMetricsLogger(keras.callbacks.Callback):
         self._epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        values = {key: float(value) for key, value in (logs or {}).items()}
-        values["learning_rate"] = float(
+        values = {
+            key: float(value) for key, value in (logs or {}).items() if key != "learning_rate"
+        }
+        values["epoch_learning_rate"] = float(
             keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
         )
         values["epoch_seconds"] = time.perf_counter() - self._epoch_started
@@ -304,6 +321,28 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
         python_model=str(PYFUNC_CODE),
         artifacts={KERAS_MODEL_ARTIFACT: str(keras_file), IMAGING_ARTIFACT: str(IMAGING_CODE)},
         pip_requirements=pinned_requirements(SERVED_DISTRIBUTIONS),
-        # No signature on purpose: MLflow's schema check would silently drop unknown columns,
-        # and every input error must reach DigitClassifier.predict to get its own message.
+        signature=SERVED_SIGNATURE,
+        input_example=image_example(example_images[0]),
     )
+
+
+# Outputs only. An input schema would make MLflow drop unknown columns silently, and every input
+# error must reach DigitClassifier.predict to get its own message; the input example shows a
+# request instead.
+SERVED_SIGNATURE = ModelSignature(
+    outputs=Schema(
+        [
+            ColSpec("long", "digit"),
+            ColSpec("double", "confidence"),
+            ColSpec(Array("double"), "probabilities"),
+        ]
+    )
+)
+
+
+def image_example(image: np.ndarray) -> pd.DataFrame:
+    """One `image` row: a 28x28 PNG (dark digit on white, as drawn), base64 as JSON carries it."""
+    grey = (255 - np.asarray(image).squeeze() * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="PNG")
+    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()]})

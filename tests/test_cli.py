@@ -257,3 +257,11 @@ def test_train_records_in_the_experiment_the_environment_names(tracking_uri):
     (run,) = all_runs("env")
     assert f"MLflow run {run.info.run_id} (fast-small-s42) in experiment 'env'" in result.stdout
     assert run.data.params["experiment"] == "env"
+
+
+def test_a_command_writes_no_third_party_chatter(tmp_path):
+    """TensorFlow's start-up lines (CUDA probes, absl's notice) and the warnings MLflow and
+    scikit-learn raise about a run are silenced or fixed: stderr stays empty."""
+    result = run_cli("models", cwd=tmp_path, env={"TF_CPP_MIN_LOG_LEVEL": ""})  # none set
+    assert result.returncode == 0
+    assert result.stderr == ""

@@ -97,6 +97,10 @@ def test_promote_command_makes_the_first_candidate_champion(history):
     assert first.state.champion == "1"
     assert first.state.tags["1"]["promotion_decision"] == "promoted"
     assert "champion_version" not in first.state.tags["1"]  # compared with none: no empty tags
+    client = mlflow.MlflowClient()
+    assert "`image`" in client.get_registered_model(NAME).description  # what it takes
+    described = client.get_model_version(NAME, "1").description
+    assert "Recipe 'fast'" in described and "trained on digits; test accuracy 0." in described
 
 
 def test_rerunning_the_same_promotion_changes_nothing(history):

@@ -91,6 +91,23 @@ def test_tags_name_the_config_and_commit(logged):
     _, run, _, _ = logged
     assert run.data.tags["config"] == "callbacks"
     assert run.info.run_name == "callbacks-baseline-s42"  # recipe, network, seed
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI: runs
+
+
+def test_served_model_shows_an_example_request_and_its_outputs(logged, tmp_path):
+    """No input schema (the model names bad columns itself), but an example an MLflow user can
+    send as it is, and the outputs described."""
+    _, run, _, _ = logged
+    folder = mlflow.artifacts.download_artifacts(
+        f"runs:/{run.info.run_id}/model", dst_path=tmp_path
+    )
+    described = mlflow.models.Model.load(folder)
+    assert described.signature.inputs is None
+    assert described.signature.outputs.input_names() == ["digit", "confidence", "probabilities"]
+    example = described.load_input_example(folder)
+    answer = mlflow.pyfunc.load_model(folder).predict(example)
+    assert list(example.columns) == ["image"] and 0 <= answer["digit"][0] <= 9
     commit = tracking.git_commit()
     if commit is None:
         pytest.skip("digitml does not run from a git checkout here")
@@ -105,7 +122,14 @@ def test_config_artifact_reproduces_the_run(logged):
 
 def test_per_epoch_metrics_use_the_epoch_as_step(logged):
     client, run, _, _ = logged
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"):
+    for key in (
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "epoch_learning_rate",
+        "epoch_seconds",
+    ):
         steps = [metric.step for metric in client.get_metric_history(run.info.run_id, key)]
         assert sorted(steps) == list(range(EPOCHS)), key
     assert run.data.metrics["train_seconds"] > 0

@@ -96,10 +96,12 @@ def run_chief(
 
 def base_recipe(config: TuneConfig) -> TrainConfig:
     """The recipe every trial starts from: `base_config` with the search's settings and its
-    `base_overrides`."""
+    `base_overrides`, named after the search (what its trials and the best retraining train is
+    the search's, not the base file's)."""
     base = load_config(
         config.base_config,
         {
+            "name": config.name,
             "dataset": config.dataset,
             "data_dir": config.data_dir,
             "limit": config.limit,

@@ -90,7 +90,7 @@ def test_search_nests_one_child_run_per_trial_and_registers_the_best(searched):
         assert {"model_params.dense_units", "learning_rate"} <= set(trial.data.params)
         history = client.get_metric_history(trial.info.run_id, "val_accuracy")
         assert sorted(m.step for m in history) == [0, 1]
-        assert {"loss", "accuracy", "val_loss", "learning_rate"} <= set(trial.data.metrics)
+        assert {"loss", "accuracy", "val_loss", "epoch_learning_rate"} <= set(trial.data.metrics)
     assert parent.data.params["tuner"] == "random" and parent.data.params["max_trials"] == "4"
     # A trial scores its best epoch; the best configuration is one of the top-scoring trials.
     scores = {

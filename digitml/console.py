@@ -1,0 +1,47 @@
+"""What a digitml command prints besides its own lines. Third-party chatter that says nothing
+true about a run is silenced here, in one place: set DIGITML_VERBOSE=1 to see it all again."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+VERBOSE = bool(os.environ.get("DIGITML_VERBOSE"))
+
+if not VERBOSE:
+    # TensorFlow's C++ log: CUDA probes on a machine without a GPU ("failed call to cuInit").
+    # Read when TensorFlow loads, so `cli` imports this module first.
+    if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):  # a level the user set stays
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    # Every trial builds a new network, so TensorFlow's retracing warning is expected.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    # `evaluate` runs MLflow's classifier evaluation on fixed predictions: its progress notes
+    # ("Testing metrics on first row...") say nothing the printed table does not.
+    logging.getLogger("mlflow.models.evaluation").setLevel(logging.WARNING)
+
+
+@contextmanager
+def stderr_to_null() -> Iterator[None]:
+    """The process's own stderr (file descriptor 2, what C++ libraries write to) discarded."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def load_tensorflow() -> None:
+    """Import TensorFlow (seconds: commands call this once their options are checked) without the
+    lines it writes before any log level applies ("Could not find cuda drivers on your machine",
+    absl's notice about logging before InitializeLog). An import error still raises, after."""
+    if VERBOSE or "tensorflow" in sys.modules:
+        return
+    with stderr_to_null():
+        import tensorflow  # noqa: F401
