@@ -38,6 +38,7 @@ LONGEST_MODULES = (
     "test_tune.py",
     "test_wheel.py",
     "test_tune_distributed.py",
+    "test_mlflow_ui.py",
     "test_registry.py",
     "test_mlproject.py",
     "test_cli.py",

@@ -2,7 +2,6 @@
 and stopped with SIGTERM."""
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -11,11 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
 from serving import free_port, stop_process, wait_for_http
 from test_app import drawn_seven
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def start_app(folder: Path, tracking_uri: str) -> tuple[subprocess.Popen, int]:
@@ -69,29 +66,13 @@ def test_sigterm_stops_the_page_and_leaves_no_process(tracking_uri, tmp_path):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
-@pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver"
-)
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=MISSING)
 def test_upload_in_headless_chromium_shows_the_digit(app_url, tmp_path):
-    from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,900",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
-    try:
+    with chromium(tmp_path / "profile") as driver:
         driver.get(app_url)
         wait = WebDriverWait(driver, 120)
         upload = wait.until(
@@ -115,5 +96,3 @@ def test_upload_in_headless_chromium_shows_the_digit(app_url, tmp_path):
         )
         time.sleep(1)  # let the chart finish drawing before the picture
         driver.save_screenshot(os.environ.get("DIGITML_APP_SCREENSHOT", str(tmp_path / "app.png")))
-    finally:
-        driver.quit()
