@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 VERBOSE = bool(os.environ.get("DIGITML_VERBOSE"))
 
@@ -23,25 +21,13 @@ if not VERBOSE:
     logging.getLogger("mlflow.models.evaluation").setLevel(logging.WARNING)
 
 
-@contextmanager
-def stderr_to_null() -> Iterator[None]:
-    """The process's own stderr (file descriptor 2, what C++ libraries write to) discarded."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def load_tensorflow() -> None:
     """Import TensorFlow (seconds: commands call this once their options are checked) without the
     lines it writes before any log level applies ("Could not find cuda drivers on your machine",
     absl's notice about logging before InitializeLog). An import error still raises, after."""
     if VERBOSE or "tensorflow" in sys.modules:
         return
-    with stderr_to_null():
+    from digitml.pyfunc import stderr_discarded
+
+    with stderr_discarded():
         import tensorflow  # noqa: F401

@@ -13,6 +13,10 @@ whatever digitml version is installed, or none. Hence no `digitml` import here.
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import mlflow
@@ -27,7 +31,12 @@ IMAGING_ARTIFACT = "imaging"
 
 class DigitClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        import keras
+        # TensorFlow's C++ log would fill the server's console with CUDA probes on a machine
+        # without a GPU ("failed call to cuInit"); a level the user set stays.
+        if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        with stderr_discarded():
+            import keras
 
         self.imaging = module_from_file(
             "digitml_model_imaging", context.artifacts[IMAGING_ARTIFACT]
@@ -44,6 +53,23 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
         # predict_on_batch: Keras' predict() costs ~50 ms per call even for one image.
         probabilities = np.asarray(self.model.predict_on_batch(images), dtype=np.float64)
         return predictions_frame(probabilities)
+
+
+@contextmanager
+def stderr_discarded() -> Iterator[None]:
+    """The process's file descriptor 2 (where C++ libraries write) discarded: TensorFlow writes
+    its start-up lines ("Could not find cuda drivers on your machine", absl's notice) there while
+    it loads, before any log level applies. Python's own errors still show, once restored. The
+    served model runs this copy; the `digitml` commands use it too (`console.load_tensorflow`)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def input_rows(model_input) -> list[dict]:
