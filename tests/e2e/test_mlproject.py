@@ -1,16 +1,34 @@
 """`mlflow run .` through the MLproject (its main entry point, and `-e tune`), on a tiny slice,
-in a real MLflow store."""
+in a real MLflow store; then that store as a practitioner sees it in the MLflow UI (`mlflow
+server`, headless Chromium). With DIGITML_SCREENSHOT_DIR set, the UI's pages are saved there (the
+README's pictures in docs/ are made so)."""
 
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
 from mlflow.projects._project_spec import load_project
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+from serving import free_port, stop_process, wait_for_http
 
-from conftest import REPO_ROOT, all_runs, require_mnist
+from conftest import REPO_ROOT, all_runs, new_store, require_mnist, tracking_at
+
+SEARCH = """base_config: fast
+tuner: random
+max_trials: 2
+epochs: 1
+best_epochs: 1
+search_space:
+  model_params.dense_units: {type: int, min: 16, max: 64, step: 16}
+"""
+MODEL_TRAINING = "workflowType=machine_learning"  # the MLflow UI's "Model training" view
 
 
 @pytest.fixture(scope="module")
@@ -59,28 +77,62 @@ def mlflow_run(
     )
 
 
-def test_mlflow_run_trains_in_the_recipes_experiment_and_writes_nothing_into_the_project(
-    project, tracking_uri, tmp_path
-):
-    """No -e: the main entry point. Without --experiment-name, MLflow puts its own (launcher) run
-    in Default; ours goes to the recipe's experiment, and the launcher is named after it. The
-    working files go to the user's cache folder, and none is left there."""
+@pytest.fixture(scope="module")
+def store(empty_store, tmp_path_factory):
+    """One store, and the folder the module's `mlflow run`s start from."""
+    folder = tmp_path_factory.mktemp("mlflow-run")
+    with tracking_at(new_store(empty_store, folder), folder) as uri:
+        yield SimpleNamespace(uri=uri, folder=folder)
+
+
+@pytest.fixture(scope="module")
+def trained(project, store):
+    """`mlflow run` without -e (the training), no --experiment-name, with no work folder set:
+    (its result, the project's files before it, the user's cache folder it may use)."""
     before = sorted(path.relative_to(project) for path in project.rglob("*"))
-    cache = tmp_path / "cache"
+    cache = store.folder / "cache"
     result = mlflow_run(
         project,
         "config=fast",
         "limit=300",
         "epochs=1",
         f"data_dir={require_mnist()}",
-        cwd=tmp_path,
+        cwd=store.folder,
         experiment=None,
         env={"XDG_CACHE_HOME": str(cache), "DIGITML_WORK_DIR": ""},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return SimpleNamespace(result=result, before=before, cache=cache)
+
+
+@pytest.fixture(scope="module")
+def searched(project, store):
+    """`mlflow run -e tune` of a two-trial search on digits, in experiment mlproject-test."""
+    search = store.folder / "search.yaml"
+    search.write_text(SEARCH)
+    result = mlflow_run(
+        project,
+        f"config={search}",
+        f"tuning_dir={store.folder / 'tuning'}",
+        "dataset=digits",
+        "experiment=mlproject-test",
+        cwd=store.folder,
+        entry_point="tune",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_mlflow_run_trains_in_the_recipes_experiment_and_writes_nothing_into_the_project(
+    project, trained
+):
+    """Without --experiment-name, MLflow puts its own (launcher) run in Default; ours goes to the
+    recipe's experiment, and the launcher is named after it. The working files go to the user's
+    cache folder, and none is left there."""
     (launcher,) = all_runs("Default")
     (run,) = all_runs("digitml")
-    assert f"MLflow run {run.info.run_id} (fast-small-s42) in experiment 'digitml'" in result.stdout
+    printed = f"MLflow run {run.info.run_id} (fast-small-s42) in experiment 'digitml'"
+    assert printed in trained.result.stdout
     assert run.info.run_name == "fast-small-s42" and "mlflow.parentRunId" not in run.data.tags
     assert run.data.params["experiment"] == "digitml"
     assert launcher.info.run_name == "mlflow run → fast-small-s42"
@@ -91,10 +143,10 @@ def test_mlflow_run_trains_in_the_recipes_experiment_and_writes_nothing_into_the
     assert "test_accuracy" in run.data.metrics
     # Working files stay out of the project. (Artifacts of an experiment digitml creates here
     # still go to ./mlruns, which MLflow resolves against the project folder `mlflow run` uses.)
-    after = {path.relative_to(project) for path in project.rglob("*")} - set(before)
+    after = {path.relative_to(project) for path in project.rglob("*")} - set(trained.before)
     assert {path.parts[0] for path in after} <= {"mlruns"}
-    assert (cache / "digitml").is_dir()  # the work folder was used, and left with no file
-    assert [path for path in (cache / "digitml").rglob("*") if path.is_file()] == []
+    assert (trained.cache / "digitml").is_dir()  # the work folder was used, and left with no file
+    assert [path for path in (trained.cache / "digitml").rglob("*") if path.is_file()] == []
 
 
 def test_mlflow_run_without_an_entry_point_is_the_training():
@@ -113,36 +165,102 @@ def test_mlflow_run_rejects_a_bad_int_parameter(project, tracking_uri, tmp_path)
     assert "--epochs" in result.stderr
 
 
-def test_mlflow_run_tune_runs_a_tiny_search(project, tracking_uri, tmp_path):
-    search = tmp_path / "search.yaml"
-    search.write_text(
-        "base_config: fast\ntuner: random\nmax_trials: 2\nepochs: 1\nbest_epochs: 1\n"
-        "search_space:\n  model_params.dense_units: {type: int, min: 16, max: 64, step: 16}\n"
+def search_runs() -> dict:
+    """The search's runs by kind (`launcher`: MLflow's own), trials under `trial-01`, ..."""
+    runs = all_runs("mlproject-test")
+    by_kind = {run.data.tags.get("digitml.kind", "launcher"): run for run in runs}
+    by_kind.update(
+        {run.info.run_name: run for run in runs if run.info.run_name.startswith("trial-")}
     )
-    result = mlflow_run(
-        project,
-        f"config={search}",
-        f"tuning_dir={tmp_path / 'tuning'}",
-        "dataset=digits",
-        "experiment=mlproject-test",
-        cwd=tmp_path,
-        entry_point="tune",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    return by_kind
+
+
+def test_mlflow_run_tune_runs_a_tiny_search(searched):
     kinds = sorted(
         run.data.tags.get("digitml.kind", "launcher") for run in all_runs("mlproject-test")
     )
     assert kinds == ["best", "launcher", "trial", "trial", "tune"]
-    runs = {
-        run.data.tags.get("digitml.kind", "launcher"): run for run in all_runs("mlproject-test")
-    }
+    runs = search_runs()
     search_run, launcher = runs["tune"], runs["launcher"]
     assert "mlflow.parentRunId" not in search_run.data.tags  # two levels: search, trials
     assert launcher.data.tags["digitml.run_id"] == search_run.info.run_id
-    assert search_run.info.run_name == "tune-search" and runs["best"].info.run_name in {
-        "best-trial-01",
-        "best-trial-02",
-    }
-    trial_names = sorted(run.info.run_name for run in all_runs("mlproject-test"))
-    assert {"trial-01", "trial-02"} <= set(trial_names)
+    assert search_run.info.run_name == "tune-search"
+    assert runs["best"].info.run_name in {"best-trial-01", "best-trial-02"}
+    assert {"trial-01", "trial-02"} <= set(runs)
     assert "limit" not in search_run.data.params  # unset: no 'None' param
+
+
+@pytest.fixture(scope="module")
+def ui(store, trained, searched):
+    """`mlflow server` (one worker) on the store, and one headless Chromium to look at it."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip(MISSING)
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [
+            *(str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)),
+            *("--backend-store-uri", store.uri, "--workers", "1"),
+        ],
+        cwd=store.folder,
+        env={**os.environ, "PATH": str(bin_dir) + os.pathsep + os.environ["PATH"]},
+        stdout=subprocess.DEVNULL,
+        stderr=(store.folder / "server.log").open("w"),
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/health", server, store.folder / "server.log", timeout=120)
+        with chromium(store.folder / "profile", window="1500,850") as driver:
+            yield SimpleNamespace(url=url, driver=driver)
+    finally:
+        stop_process(server)
+
+
+def shown(driver, text: str, seconds: float = 60):
+    located = (By.XPATH, f"//*[text()='{text}']")
+    return WebDriverWait(driver, seconds).until(
+        expected_conditions.visibility_of_element_located(located)
+    )
+
+
+def loaded_artifact_images(driver) -> list[int]:
+    """The widths of the artifact images the page has loaded (fetched as blobs), or [] so far."""
+    images = driver.find_elements("xpath", "//img[starts-with(@src, 'blob:')]")
+    return sorted({image.get_property("naturalWidth") for image in images} - {0})
+
+
+def keep(driver, name: str) -> None:
+    """Save the page as `name` where DIGITML_SCREENSHOT_DIR says."""
+    folder = os.environ.get("DIGITML_SCREENSHOT_DIR")
+    if folder:
+        for close in driver.find_elements("xpath", "//button[@aria-label='Close']"):
+            close.click()  # the AI assistant's panel, open the first time
+        driver.save_screenshot(str(Path(folder) / name))
+
+
+def test_the_ui_opens_the_search_on_its_runs_named_as_the_terminal_names_them(ui):
+    runs = search_runs()
+    experiment_id = runs["tune"].info.experiment_id
+    driver = ui.driver
+    driver.get(f"{ui.url}/#/experiments/{experiment_id}?{MODEL_TRAINING}")
+    search = shown(driver, "tune-search")
+    assert f"/experiments/{experiment_id}/runs" in driver.current_url  # not GenAI traces
+    shown(driver, "mlflow run → tune-search")
+    row = search.find_element("xpath", "./ancestor::div[contains(@class, 'ag-cell')][1]")
+    row.find_element("tag name", "button").click()  # the search's trials, nested under it
+    for name in ("trial-01", "trial-02", runs["best"].info.run_name):
+        shown(driver, name)
+    keep(driver, "mlflow-runs.png")
+
+
+def test_the_ui_shows_a_training_runs_own_confusion_matrix(ui):
+    (run,) = all_runs("digitml")
+    page = (
+        f"{ui.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        f"/artifacts/confusion_matrix.png?{MODEL_TRAINING}"
+    )
+    ui.driver.get(page)
+    shown(ui.driver, "fast-small-s42")
+    widths = WebDriverWait(ui.driver, 60).until(loaded_artifact_images)
+    assert widths == [700]  # ours (7 x 6 inches at 100 dpi); MLflow's evaluation draws 779
+    keep(ui.driver, "mlflow-confusion-matrix.png")
