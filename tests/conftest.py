@@ -29,11 +29,6 @@ MNIST_DIR = Path(
 ).resolve()
 os.environ["DIGITML_DATA_DIR"] = str(MNIST_DIR)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One test process per core already: TensorFlow's thread pools in each (and in the processes
-    # the tests start) would otherwise fight over the same cores.
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
 # The modules that take longest (real processes, searches, full test-set evaluations), slowest
