@@ -11,7 +11,6 @@ import pytest
 
 from conftest import all_runs, new_store, run_cli, tracking_at
 from digitml.config import load_config
-from digitml.evaluate import evaluate_model
 from digitml.registry import RegistryError
 from digitml.registry import promote as promote_on
 from digitml.training_run import run_training
@@ -168,10 +167,11 @@ def test_uri_of_another_model_name_is_refused(store):
         promote_on(f"models:/{NAME}/1", name="theirs")
 
 
-def test_promote_and_evaluate_score_on_the_data_the_candidate_was_trained_on(store):
-    """No --dataset: the candidate's run says digits, so no MNIST is looked for."""
+def test_promote_scores_on_the_data_the_candidate_was_trained_on(store):
+    """No --dataset: the candidate's run says digits, so no MNIST is looked for (`promote` scores
+    through `evaluate_model`, whose own default this is)."""
     decision = promote_on(store.weak, name="own-data")
-    tags = mlflow.MlflowClient().get_model_version("own-data", decision.candidate_version).tags
-    assert "test_accuracy.digits" in tags and "test_accuracy.mnist" not in tags
-    evaluation = evaluate_model(store.weak)
-    assert mlflow.get_run(evaluation.run_id).data.params["dataset"] == "digits"
+    version = mlflow.MlflowClient().get_model_version("own-data", decision.candidate_version)
+    assert "test_accuracy.digits" in version.tags and "test_accuracy.mnist" not in version.tags
+    evaluation_run = mlflow.get_run(version.tags["evaluation_run.digits"])
+    assert evaluation_run.data.params["dataset"] == "digits"
