@@ -164,7 +164,6 @@ WORK_DIR = option(
 
 def chosen_experiment(given: str | None, fallback: str) -> str:
     """--experiment, else the experiment the environment names, else `fallback`."""
-    console.load_tensorflow()  # digitml.tracking imports Keras
     from digitml.tracking import chosen_experiment as named_by_environment
 
     return given or named_by_environment() or fallback
@@ -286,6 +285,7 @@ def tune(
     """Search hyperparameters with Keras Tuner; re-run the same command to resume."""
     from digitml.config import load_tune_config
 
+    console.load_tensorflow()  # the experiment lookup (digitml.tracking) and the search use Keras
     try:
         config = load_tune_config(config_file, overrides)
         config.experiment = chosen_experiment(overrides["experiment"], config.experiment)

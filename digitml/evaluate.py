@@ -33,16 +33,21 @@ def model_probabilities(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) ->
     return in_batches(predict, images)
 
 
-def trained_on(model_uri: str) -> tuple[str, str | None]:
-    """The dataset the model's own run trained and tested it on, with that run's data folder if it
-    is one on this machine; MNIST where the run is not in this store (a model copied in)."""
+def scoring_data(
+    model_uri: str, dataset: str | None = None, data_dir: str | None = None
+) -> tuple[str, str | None]:
+    """The dataset and data folder to score the model on: as given, else the dataset its own run
+    trained and tested it on, with that run's data folder if it is one on this machine; MNIST
+    where the run is not in this store (a model copied in)."""
+    if dataset is not None:
+        return dataset, data_dir
     try:
         params = mlflow.get_run(mlflow.models.get_model_info(model_uri).run_id).data.params
     except (mlflow.exceptions.MlflowException, TypeError):
-        return DEFAULT_DATASET, None
-    data_dir = params.get("data_dir")
-    here = data_dir if data_dir and Path(data_dir).is_dir() else None
-    return params.get("dataset", DEFAULT_DATASET), here
+        return DEFAULT_DATASET, data_dir
+    trained_dir = params.get("data_dir")
+    here = trained_dir if trained_dir and Path(trained_dir).is_dir() else None
+    return params.get("dataset", DEFAULT_DATASET), data_dir or here
 
 
 def evaluate_model(
@@ -53,9 +58,7 @@ def evaluate_model(
 ) -> Evaluation:
     """Test metrics and report artifacts of `model_uri` (runs:/…, models:/name@alias, models:/name/3)
     on `dataset`, by default the one the model was trained on."""
-    if dataset is None:
-        dataset, trained_dir = trained_on(model_uri)
-        data_dir = data_dir or trained_dir
+    dataset, data_dir = scoring_data(model_uri, dataset, data_dir)
     model = mlflow.pyfunc.load_model(model_uri)
     data = load_dataset(dataset, data_dir)
     probabilities = model_probabilities(model, data.test_images)

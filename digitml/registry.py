@@ -10,7 +10,8 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from digitml.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
-from digitml.evaluate import evaluate_model, trained_on
+from digitml.evaluate import evaluate_model, scoring_data
+from digitml.imaging import MAX_IMAGE_BYTES
 from digitml.tracking import PYFUNC_MODEL_NAME
 
 CHALLENGER = "challenger"
@@ -39,17 +40,17 @@ def register_run_model(
     return client.get_model_version(name, registered.version)
 
 
-MODEL_DESCRIPTION = """Handwritten-digit classifier logged by digitml (served with `mlflow models serve`).
+MODEL_DESCRIPTION = f"""Handwritten-digit classifier logged by digitml (served with `mlflow models serve`).
 
 Input: a DataFrame, one row per image, with either
 - `image`: the bytes of a PNG, JPEG, BMP, GIF or WebP file (base64 text in JSON), any size up to
-  10 MiB; or
+  {MAX_IMAGE_BYTES // 2**20} MiB; or
 - `pixels`: a 28x28 array, 0-255 or 0-1, white digit on black (MNIST's convention), or base64 of
   its 784 bytes.
 
 Output, one row per input: `digit` (0-9), `confidence` (its probability) and `probabilities`
 (10 floats). Bad input gets HTTP 400 with a message naming the row and the problem.
-Example request: `{"dataframe_records": [{"image": "<base64 of a PNG>"}]}`."""
+Example request: `{{"dataframe_records": [{{"image": "<base64 of a PNG>"}}]}}`."""
 
 
 def describe(name: str, version: str, run_id: str) -> None:
@@ -181,9 +182,7 @@ def promote(
     on (each version once per dataset, see `version_accuracy`); the decision is recorded as tags
     on the candidate.
     """
-    if dataset is None:
-        dataset, trained_dir = trained_on(model_uri)
-        data_dir = data_dir or trained_dir
+    dataset, data_dir = scoring_data(model_uri, dataset, data_dir)
     candidate = candidate_version(model_uri, name)
     holder = alias_holder(name, alias)
     if holder is not None and holder.version == candidate.version:
