@@ -196,7 +196,6 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     """Train a model and record the run in MLflow."""
     from digitml.config import load_config
 
-    console.load_tensorflow()  # checking the model's name and params builds it with Keras
     try:
         if resume_run_id:
             config = _resumed_config(resume_run_id, config_file, overrides)
@@ -235,6 +234,7 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
     if given or config_file:
         dropped = (given or ["config"])[0].replace("_", "-")
         raise click.UsageError(f"--resume continues with the run's own config; drop --{dropped}")
+    console.load_tensorflow()  # digitml.training_run imports Keras
     from digitml.training_run import ResumeError, resumable_config
 
     try:
@@ -285,9 +285,9 @@ def tune(
     """Search hyperparameters with Keras Tuner; re-run the same command to resume."""
     from digitml.config import load_tune_config
 
-    console.load_tensorflow()  # the experiment lookup (digitml.tracking) and the search use Keras
     try:
         config = load_tune_config(config_file, overrides)
+        console.load_tensorflow()  # the experiment lookup (digitml.tracking) and the search use Keras
         config.experiment = chosen_experiment(overrides["experiment"], config.experiment)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error

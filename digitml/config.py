@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from digitml import console
+
 
 def _recipes_dir() -> Path:
     """The shipped recipes: inside the package when installed from a wheel (pyproject maps the
@@ -223,19 +225,21 @@ def field_names(config_type: type) -> set[str]:
 
 
 def validate(config: TrainConfig) -> None:
-    """Raise ConfigError naming the first invalid value."""
-    from digitml.models import MODEL_NAMES, check_model_params
-
+    """Raise ConfigError naming the first invalid value: the plain settings first, then the model,
+    which takes Keras (seconds to import), so that a typo answers at once."""
     _check_settings(config, ("epochs", "members", "batch_size", "seed", "learning_rate", "limit"))
     _check_settings(config, ("optimizer", "dataset", "schedule", "precision"))
     _check_fraction("label_smoothing", config.label_smoothing)
     if not 0 < config.val_fraction < 1:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
-    _check_choice("model", config.model, MODEL_NAMES)
     for name in ("rotation", "translation", "zoom"):
         _check_fraction(f"augmentation.{name}", getattr(config.augmentation, name))
     if config.schedule != "constant" and config.reduce_lr is not None:
         raise ConfigError("reduce_lr needs schedule: constant (a schedule already sets the rate)")
+    console.load_tensorflow()
+    from digitml.models import MODEL_NAMES, check_model_params
+
+    _check_choice("model", config.model, MODEL_NAMES)
     try:
         check_model_params(config.model, config.model_params)
     except ValueError as error:

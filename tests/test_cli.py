@@ -7,6 +7,8 @@ import importlib.metadata
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import click
@@ -156,6 +158,24 @@ def test_bad_yaml_key_is_named(tracking_uri, tmp_path):
     assert all_runs() == []
 
 
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_a_config_typo_is_answered_before_tensorflow_loads(command, tmp_path):
+    """TensorFlow takes seconds to import: a misspelt recipe must not wait for it."""
+    check = (
+        "import sys\n"
+        "from digitml.cli import cli\n"
+        "try:\n"
+        f"    cli(['{command}', '--config', 'nosuch'])\n"
+        "except SystemExit as done:\n"
+        "    print(done.code, 'tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.stdout.split() == ["2", "False"], result.stderr[-2000:]
+    assert "config file not found: nosuch" in result.stderr
+
+
 def test_corrupted_data_stops_before_training_and_names_the_file(tracking_uri, tmp_path):
     data_dir = tmp_path / "mnist"
     shutil.copytree(require_mnist(), data_dir)
@@ -251,7 +271,8 @@ def test_help_page_lists_the_choices():
 
 def test_train_records_in_the_experiment_the_environment_names(tracking_uri):
     result = invoke_cli(
-        "train", "--config", "fast", "--dataset", "digits", env={"MLFLOW_EXPERIMENT_NAME": "env"}
+        *("train", "--config", "fast", "--dataset", "digits", "--epochs", "1", "--limit", "300"),
+        env={"MLFLOW_EXPERIMENT_NAME": "env"},
     )
     assert result.exit_code == 0, result.output[-3000:]
     (run,) = all_runs("env")
