@@ -24,16 +24,14 @@ EPOCHS = 3  # enough for over 90 % on digits, alone and as an ensemble
 GLOBAL_POLICY = "mixed_float16"  # what a notebook may have set before training
 
 
-@pytest.fixture(scope="module")
-def ensemble_training():
-    """Two copies of the fast recipe's network trained side by side on sklearn's digits in mixed
-    bfloat16 (as the default recipe's three do where the CPU has it; two show what any number
-    does), while the global dtype policy was another one: (result, splits, the convolutions'
-    compute dtypes seen while it trained, the global policy right after)."""
+def trained_while_global_policy_set(precision: str, epochs: int, limit: int | None = None):
+    """Two copies of the fast recipe's network trained side by side on sklearn's digits in
+    `precision` while the global dtype policy was another one: (result, splits, the
+    convolutions' compute dtypes seen while it trained, the global policy right after)."""
     config = load_config(
-        "fast", {"dataset": "digits", "epochs": EPOCHS, "members": 2, "precision": "mixed_bfloat16"}
+        "fast", {"dataset": "digits", "epochs": epochs, "members": 2, "precision": precision}
     )
-    splits = make_splits(load_digits(), config.val_fraction, config.seed)
+    splits = make_splits(load_digits(), config.val_fraction, config.seed, limit=limit)
     seen: list[set[str]] = []
     recorder = keras.callbacks.LambdaCallback(
         on_train_begin=lambda logs: seen.append(compute_dtypes(recorder.model))
@@ -44,13 +42,26 @@ def ensemble_training():
     return result, splits, seen, policy_after
 
 
-def test_mixed_bfloat16_trains_in_bfloat16(ensemble_training):
-    _, _, seen, _ = ensemble_training
+@pytest.fixture(scope="module")
+def ensemble_training():
+    """Two members in float32 for three epochs: what any number of members does."""
+    return trained_while_global_policy_set("float32", EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def bfloat16_training():
+    """Two members in mixed bfloat16, as the default recipe's three train where the CPU has it:
+    one epoch on 300 images (bfloat16 is emulated, slowly, on a CPU without it)."""
+    return trained_while_global_policy_set("mixed_bfloat16", 1, limit=300)
+
+
+def test_mixed_bfloat16_trains_in_bfloat16(bfloat16_training):
+    _, _, seen, _ = bfloat16_training
     assert seen == [{"bfloat16"}]
 
 
-def test_trained_model_computes_in_float32_and_learned(ensemble_training):
-    result, splits, _, _ = ensemble_training
+def test_bfloat16_trained_model_computes_in_float32_and_learned(bfloat16_training):
+    result, splits, _, _ = bfloat16_training
     computing = [
         layer
         for layer in leaf_layers(result.model)
@@ -60,11 +71,12 @@ def test_trained_model_computes_in_float32_and_learned(ensemble_training):
     probabilities = predict_probabilities(result.model, splits.test_images)
     assert probabilities.dtype == np.float32
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
-    assert (probabilities.argmax(axis=1) == splits.test_labels).mean() > 0.9
+    assert (probabilities.argmax(axis=1) == splits.test_labels).mean() > 0.4  # chance: 0.1
 
 
-def test_training_leaves_the_global_dtype_policy_as_it_was(ensemble_training):
-    *_, policy_after = ensemble_training
+@pytest.mark.parametrize("training", ["ensemble_training", "bfloat16_training"])
+def test_training_leaves_the_global_dtype_policy_as_it_was(training, request):
+    *_, policy_after = request.getfixturevalue(training)
     assert policy_after == GLOBAL_POLICY
 
 
@@ -87,6 +99,10 @@ def test_ensemble_reports_the_averaged_accuracy_per_epoch(ensemble_training):
     accuracy = (probabilities.argmax(axis=1) == splits.val_labels).mean()
     assert result.history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
     assert accuracy > 0.9
+    test_accuracy = (
+        predict_probabilities(result.model, splits.test_images).argmax(axis=1) == splits.test_labels
+    ).mean()
+    assert test_accuracy > 0.9
 
 
 def test_training_starts_from_given_weights(tmp_path):
