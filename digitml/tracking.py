@@ -19,7 +19,7 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import RunStatus
+from mlflow.entities import LoggedModelStatus, RunStatus
 from mlflow.environment_variables import (
     MLFLOW_EXPERIMENT_ID,
     MLFLOW_EXPERIMENT_NAME,
@@ -253,7 +253,6 @@ def log_test_results(
     """Test metrics plus the confusion matrix, classification report and misclassified grid."""
     predicted = probabilities.argmax(axis=1)
     metrics = reports.test_metrics(labels, probabilities)
-    mlflow.log_metrics(metrics)
     matrix = reports.confusion(labels, predicted)
     mlflow.log_figure(reports.confusion_figure(matrix), "confusion_matrix.png")
     mlflow.log_text(reports.confusion_csv(matrix), "confusion_matrix.csv")
@@ -264,6 +263,7 @@ def log_test_results(
         reports.misclassified_figure(images, labels, probabilities), "misclassified.png"
     )
     reports.close_figures()
+    mlflow.log_metrics(metrics)  # last: a run holding them holds the whole test record
     return metrics
 
 
@@ -277,13 +277,13 @@ def logged_history(run_id: str, keys: tuple[str, ...] = CURVE_METRICS) -> dict[s
 
 
 def log_training_summary(model: keras.Model, run_id: str, seconds: float) -> None:
-    """train_seconds, training_curves.png and model_summary.txt."""
-    mlflow.log_metric("train_seconds", seconds)
+    """training_curves.png, model_summary.txt and train_seconds."""
     mlflow.log_figure(reports.training_curves_figure(logged_history(run_id)), "training_curves.png")
     reports.close_figures()
     summary: list[str] = []
     model.summary(print_fn=lambda line, **_: summary.append(line))
     mlflow.log_text("\n".join(summary), "model_summary.txt")
+    mlflow.log_metric("train_seconds", seconds)  # last: a run holding it holds the whole summary
 
 
 def pinned_requirements(distributions: tuple[str, ...]) -> list[str]:
@@ -305,25 +305,46 @@ def uncompiled(model: keras.Model) -> keras.Model:
 
 def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -> None:
     """The native Keras model (`keras_model`) and the pyfunc digit classifier (`model`), both
-    loadable where digitml is not installed."""
+    loadable where digitml is not installed. In a resumed run, each is logged once: one logged in
+    full before the interruption is kept, one left half-logged is replaced."""
     model = uncompiled(model)
-    example_probabilities = np.asarray(model.predict_on_batch(example_images))
-    mlflow.keras.log_model(
-        model,
-        name=KERAS_MODEL_NAME,
-        signature=infer_signature(example_images, example_probabilities),
-        pip_requirements=pinned_requirements(KERAS_MODEL_DISTRIBUTIONS),
-    )
-    keras_file = work_dir / "digit_model.keras"
-    model.save(keras_file)
-    mlflow.pyfunc.log_model(
-        name=PYFUNC_MODEL_NAME,
-        python_model=str(PYFUNC_CODE),
-        artifacts={KERAS_MODEL_ARTIFACT: str(keras_file), IMAGING_ARTIFACT: str(IMAGING_CODE)},
-        pip_requirements=pinned_requirements(SERVED_DISTRIBUTIONS),
-        signature=SERVED_SIGNATURE,
-        input_example=image_example(example_images[0]),
-    )
+    logged = finished_models(mlflow.active_run().info.run_id)
+    if KERAS_MODEL_NAME not in logged:
+        example_probabilities = np.asarray(model.predict_on_batch(example_images))
+        mlflow.keras.log_model(
+            model,
+            name=KERAS_MODEL_NAME,
+            signature=infer_signature(example_images, example_probabilities),
+            pip_requirements=pinned_requirements(KERAS_MODEL_DISTRIBUTIONS),
+        )
+    if PYFUNC_MODEL_NAME not in logged:
+        keras_file = work_dir / "digit_model.keras"
+        model.save(keras_file)
+        mlflow.pyfunc.log_model(
+            name=PYFUNC_MODEL_NAME,
+            python_model=str(PYFUNC_CODE),
+            artifacts={KERAS_MODEL_ARTIFACT: str(keras_file), IMAGING_ARTIFACT: str(IMAGING_CODE)},
+            pip_requirements=pinned_requirements(SERVED_DISTRIBUTIONS),
+            signature=SERVED_SIGNATURE,
+            input_example=image_example(example_images[0]),
+        )
+
+
+def finished_models(run_id: str) -> set[str]:
+    """The names of the models `run_id` logged in full (READY). A model a killed process left
+    half-logged (PENDING) is deleted, so that logging it again leaves one model of its name."""
+    run = mlflow.get_run(run_id)
+    finished = set()
+    for logged in mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        output_format="list",
+    ):
+        if logged.status == LoggedModelStatus.READY:
+            finished.add(logged.name)
+        else:
+            mlflow.MlflowClient().delete_logged_model(logged.model_id)
+    return finished
 
 
 # Outputs only. An input schema would make MLflow drop unknown columns silently, and every input

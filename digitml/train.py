@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ ONECYCLE_WARMUP_FRACTION = 0.3
 ONECYCLE_START_DIVISOR = 25.0
 FINAL_LR_FRACTION = 1e-3
 PREDICT_BATCH = 1024
+TRAINED_WEIGHTS = "trained.weights.h5"  # in the backup folder, once the fit has ended
 
 
 @dataclass
@@ -138,11 +141,13 @@ def train_model(
     initial_weights: Path | None = None,
 ) -> TrainResult:
     """Build, compile and fit the configured model; resumes from `backup_dir` when it holds a backup.
+    The fitted weights (early stopping's best, if it restores them) are kept there too, so a run
+    killed after its fit is not trained again.
 
-    `initial_weights`: a `.weights.h5` file of the same network to start from instead of a random
-    start (a Hyperband trial continuing its previous round).
+        `initial_weights`: a `.weights.h5` file of the same network to start from instead of a random
+        start (a Hyperband trial continuing its previous round).
 
-    `progress`: "bar" (Keras' bar, for terminals), "lines" (one line per epoch) or "none".
+        `progress`: "bar" (Keras' bar, for terminals), "lines" (one line per epoch) or "none".
     """
     keras.utils.set_random_seed(config.seed)
     with dtype_policy(resolve_precision(config.precision)):
@@ -153,6 +158,12 @@ def train_model(
     model.compile(
         optimizer=make_optimizer(config, len(splits.train_labels)), loss=loss, metrics=[accuracy]
     )
+    trained = backup_dir / TRAINED_WEIGHTS if backup_dir is not None else None
+    if trained is not None and trained.is_file():
+        # A resume of a run killed after its fit: nothing to train.
+        model.load_weights(trained)
+        seconds = json.loads(trained.with_suffix(".json").read_text())["train_seconds"]
+        return TrainResult(float32_model(averaged(model)), {}, seconds)
     callbacks = training_callbacks(config) + list(extra_callbacks)
     if backup_dir is not None:
         # Kept until the run is fully logged, so a kill after the last epoch loses no training.
@@ -169,9 +180,19 @@ def train_model(
         shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=1 if progress == "bar" else 0,
     )
-    return TrainResult(
-        float32_model(averaged(model)), history.history, time.perf_counter() - started
-    )
+    seconds = time.perf_counter() - started
+    if trained is not None:
+        keep_fitted(model, seconds, trained)
+    return TrainResult(float32_model(averaged(model)), history.history, seconds)
+
+
+def keep_fitted(model: keras.Model, seconds: float, path: Path) -> None:
+    """The fitted weights at `path` (their fit time beside them), whole or not at all: written
+    under another name, then renamed."""
+    path.with_suffix(".json").write_text(json.dumps({"train_seconds": seconds}))
+    partial = path.with_name(f"partial-{path.name}")
+    model.save_weights(partial)
+    os.replace(partial, path)
 
 
 def build_network(config: TrainConfig) -> keras.Model:

@@ -58,6 +58,7 @@ def run_training(
             tracking.log_run_config(config, splits, kind=kind)
             tracking.log_datasets(splits)
         backup_dir = (checkpoint_root or work_dir() / "checkpoints") / run_id
+        # A resume whose every epoch is backed up (killed while logging) trains no more.
         result = train_model(
             config,
             splits,
@@ -65,15 +66,23 @@ def run_training(
             backup_dir=backup_dir,
             progress=progress,
         )
-        tracking.log_training_summary(result.model, run_id, result.train_seconds)
-        probabilities = predict_probabilities(result.model, splits.test_images)
-        metrics = tracking.log_test_results(splits.test_images, splits.test_labels, probabilities)
+        # What an interrupted process recorded in full is kept, not logged twice.
+        logged = mlflow.get_run(run_id).data.metrics
+        if "train_seconds" not in logged:
+            tracking.log_training_summary(result.model, run_id, result.train_seconds)
+        if "test_accuracy" in logged:
+            metrics = {key: value for key, value in logged.items() if key.startswith("test_")}
+        else:
+            probabilities = predict_probabilities(result.model, splits.test_images)
+            metrics = tracking.log_test_results(
+                splits.test_images, splits.test_labels, probabilities
+            )
         with tempfile.TemporaryDirectory() as scratch:
             tracking.log_models(result.model, splits.test_images[:EXAMPLE_IMAGES], Path(scratch))
         shutil.rmtree(backup_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # the checkpoints folder, if no other run uses it
             backup_dir.parent.rmdir()
-    return RunOutcome(run_id, metrics, result.train_seconds)
+    return RunOutcome(run_id, metrics, logged.get("train_seconds", result.train_seconds))
 
 
 def training_run_name(config: TrainConfig) -> str:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import click
@@ -16,6 +17,8 @@ import mlflow
 import pytest
 
 from conftest import (
+    READ_TIMEOUT,
+    CliProcess,
     all_runs,
     invoke_cli,
     new_store,
@@ -33,9 +36,11 @@ KILL_AFTER = 3
 
 @pytest.fixture(scope="module")
 def resumed(empty_store, tmp_path_factory):
-    """A training SIGKILLed once epoch 3 of 6 is logged, then `digitml train --resume RUN_ID`,
-    both real processes: `uri`, `folder`, `killed_lines` (stdout up to the kill), `result` (the
-    resume's CompletedProcess), `run_id`, `status_after_kill`."""
+    """A training SIGKILLed once epoch 3 of 6 is logged; `digitml train --resume RUN_ID` SIGKILLed
+    while it logs the trained model; `--resume` again, to the end. All real processes: `uri`,
+    `folder`, `killed_lines` (stdout up to the first kill), `logging_lines` (the first resume's
+    stdout), `models_at_kill` (the run's logged models and their status after the second kill),
+    `result` (the last resume's CompletedProcess), `run_id`, `status_after_kill`."""
     folder = tmp_path_factory.mktemp("resume")
     uri = new_store(empty_store, folder)
     with tracking_at(uri, folder):
@@ -45,16 +50,43 @@ def resumed(empty_store, tmp_path_factory):
         (announce,) = [line for line in killed_lines if line.startswith("MLflow run ")]
         run_id = announce.split()[2]
         status_after_kill = mlflow.get_run(run_id).info.status
+        logging = CliProcess("train", "--resume", run_id, cwd=folder)
+        logging_lines = logging.read_until(f"epoch {EPOCHS}/")
+        models_at_kill = kill_once_a_model_is_logging(logging, run_id)
         result = run_cli("train", "--resume", run_id, cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     return SimpleNamespace(
         uri=uri,
         folder=folder,
         killed_lines=killed_lines,
+        logging_lines=logging_lines,
+        models_at_kill=models_at_kill,
         result=result,
         run_id=run_id,
         status_after_kill=status_after_kill,
     )
+
+
+def logged_models(run_id: str) -> dict[str, str]:
+    """The run's logged models in the current store: name -> status."""
+    found = mlflow.search_logged_models(
+        experiment_ids=[mlflow.get_run(run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        output_format="list",
+    )
+    return {model.name: str(model.status) for model in found}
+
+
+def kill_once_a_model_is_logging(process: CliProcess, run_id: str) -> dict[str, str]:
+    """SIGKILL `process` as soon as the store shows a model of `run_id`; its models after that."""
+    deadline = time.monotonic() + READ_TIMEOUT
+    while not logged_models(run_id):
+        assert process.process.poll() is None, "the process ended before logging a model"
+        assert time.monotonic() < deadline, f"no model logged within {READ_TIMEOUT} s"
+        time.sleep(0.02)
+    process.process.kill()
+    process.finish(timeout=60)
+    return logged_models(run_id)
 
 
 @pytest.fixture
@@ -78,7 +110,7 @@ def test_train_prints_run_id_and_accuracy(in_resume_store):
 
 
 def test_without_a_terminal_each_epoch_is_one_line(resumed):
-    stdout = "".join(resumed.killed_lines) + resumed.result.stdout
+    stdout = "".join(resumed.killed_lines + resumed.logging_lines) + resumed.result.stdout
     epoch_lines = [line for line in stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split(" - ")[0] for line in epoch_lines] == [
         f"epoch {n}/{EPOCHS}" for n in range(1, EPOCHS + 1)
@@ -91,9 +123,7 @@ def test_killed_run_resumes_in_the_same_run_from_its_last_epoch(in_resume_store)
     resumed = in_resume_store
     assert resumed.status_after_kill == "RUNNING"
     resumed_epochs = [
-        line.split(" - ")[0]
-        for line in resumed.result.stdout.splitlines()
-        if line.startswith("epoch ")
+        line.split(" - ")[0] for line in resumed.logging_lines if line.startswith("epoch ")
     ]
     assert resumed_epochs == [f"epoch {n}/{EPOCHS}" for n in range(KILL_AFTER + 1, EPOCHS + 1)]
     assert len(all_runs("resume-test")) == 1
@@ -103,6 +133,25 @@ def test_killed_run_resumes_in_the_same_run_from_its_last_epoch(in_resume_store)
     assert sorted(m.step for m in history) == list(range(EPOCHS))
     assert "test_accuracy" in run.data.metrics
     assert not (resumed.folder / "checkpoints" / resumed.run_id).exists()
+
+
+def test_a_run_killed_while_logging_its_model_is_finished_by_resume_without_training(
+    in_resume_store,
+):
+    """The second kill lands while the trained model is logged: the last resume trains nothing,
+    keeps what was logged in full, logs the rest once, and replaces the half-logged model."""
+    resumed = in_resume_store
+    assert "PENDING" in resumed.models_at_kill.values()
+    assert not [line for line in resumed.result.stdout.splitlines() if line.startswith("epoch ")]
+    assert logged_models(resumed.run_id) == {"keras_model": "READY", "model": "READY"}
+    client = mlflow.MlflowClient()
+    for key in mlflow.get_run(resumed.run_id).data.metrics:
+        steps = [metric.step for metric in client.get_metric_history(resumed.run_id, key)]
+        assert sorted(steps) == sorted(set(steps)), f"{key} logged twice: steps {steps}"
+    digits = mlflow.pyfunc.load_model(f"runs:/{resumed.run_id}/model").predict(
+        {"pixels": [[[0] * 28] * 28]}
+    )
+    assert len(digits) == 1
 
 
 def test_finished_run_cannot_be_resumed(resumed):
