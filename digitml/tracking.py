@@ -109,7 +109,12 @@ def experiment_id_of(name: str) -> str:
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is None:
-        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)  # created by another process meanwhile
     if EXPERIMENT_KIND_TAG not in found.tags:
         client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return found.experiment_id
@@ -220,6 +225,19 @@ def log_dataset_parts(
                 name=f"{name}-{context}",
                 digest=content_digest(images, labels),
             )
+        log_input_beside_other_runs(dataset, context)
+
+
+def log_input_beside_other_runs(dataset: Any, context: str) -> None:
+    """mlflow.log_input, once more if another run stored the same dataset at the same moment:
+    MLflow's store looks a dataset up, then inserts it, so the second of two runs doing that at
+    once fails on the unique key (seen with two trainings on one SQLite store). The second try
+    finds the stored dataset."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as error:
+        if "unique constraint" not in str(error).lower():  # SQLite's and PostgreSQL's wording
+            raise
         mlflow.log_input(dataset, context=context)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import new_store, require_mnist, tracking_at
+from conftest import all_runs, new_store, require_mnist, start_digits_training, tracking_at
 from digitml import tracking
 from digitml.config import load_config
 from digitml.data import content_digest, load_mnist_dir, make_splits
@@ -310,3 +310,34 @@ def test_the_experiment_the_environment_names(tracking_uri, monkeypatch, environ
     for name, value in environment.items():
         monkeypatch.setenv(name, value.format(id=experiment_id))
     assert tracking.chosen_experiment() == expected
+
+
+def test_two_trainings_writing_to_one_sqlite_store_at_once_both_keep_everything(
+    tracking_uri, tmp_path
+):
+    """SQLite allows one writer at a time: two real `digitml train` processes logging every epoch
+    and their models into one store at once must both finish, losing no metric."""
+    epochs = 4
+    processes = [start_digits_training(tmp_path, epochs, experiment="together") for _ in range(2)]
+    for process in processes:
+        process.finish()
+        assert process.returncode == 0, process.stderr[-3000:]
+    runs = all_runs("together")
+    assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
+    client = mlflow.MlflowClient()
+    for run in runs:
+        for key in ("val_accuracy", "loss", "epoch_seconds"):
+            steps = sorted(
+                metric.step for metric in client.get_metric_history(run.info.run_id, key)
+            )
+            assert steps == list(range(epochs)), (run.info.run_id, key, steps)
+        assert "test_accuracy" in run.data.metrics and "train_seconds" in run.data.metrics
+        models = mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'",
+            output_format="list",
+        )
+        assert sorted((model.name, str(model.status)) for model in models) == [
+            ("keras_model", "READY"),
+            ("model", "READY"),
+        ]
