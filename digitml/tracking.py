@@ -245,11 +245,20 @@ class EpochMetricsLogger(keras.callbacks.Callback):
     """Logs loss, accuracy, val_loss, val_accuracy, epoch_learning_rate (the rate at the epoch's
     end: not `learning_rate`, the param that holds the schedule's peak) and epoch_seconds,
     step = epoch (counted from `first_step`: a training that continues an earlier one goes on
-    numbering)."""
+    numbering).
+
+    An epoch the run already holds is not logged again: a process killed after logging an epoch
+    but before its backup was written trains that epoch again when resumed."""
 
     def __init__(self, first_step: int = 0) -> None:
         super().__init__()
         self.first_step = first_step
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        history = mlflow.MlflowClient().get_metric_history(
+            mlflow.active_run().info.run_id, "epoch_seconds"
+        )
+        self._logged_steps = {metric.step for metric in history}
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch_started = time.perf_counter()
@@ -262,7 +271,9 @@ class EpochMetricsLogger(keras.callbacks.Callback):
             keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
         )
         values["epoch_seconds"] = time.perf_counter() - self._epoch_started
-        mlflow.log_metrics(values, step=self.first_step + epoch)
+        step = self.first_step + epoch
+        if step not in self._logged_steps:
+            mlflow.log_metrics(values, step=step)  # epoch_seconds among them, in one write
 
 
 def log_test_results(

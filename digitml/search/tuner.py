@@ -229,7 +229,7 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
         ]
         with trial_run(
             self.context.parent_run_id, self.context.experiment_id, trial.trial_id, values
-        ):
+        ) as run:
             try:
                 result = train_model(
                     config,
@@ -241,8 +241,10 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
                 )
             except Exception as error:  # any training failure fails the trial, not the search
                 raise kt.errors.FailedTrialError(f"{type(error).__name__}: {error}") from error
-            score = max(result.history[OBJECTIVE])
-            if not np.isfinite(result.history["loss"][-1]) or not np.isfinite(score):
+            # The trial's epochs as its run holds them: all of them, when a resume continued it.
+            history = tracking.logged_history(run.info.run_id, (OBJECTIVE, "loss"))
+            score = max(history[OBJECTIVE])
+            if not np.isfinite(history["loss"][-1]) or not np.isfinite(score):
                 raise kt.errors.FailedTrialError("the loss became NaN or infinite")
             mlflow.log_metric("trial_seconds", result.train_seconds)
         return {OBJECTIVE: score}

@@ -3,6 +3,7 @@
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import (
+    READ_TIMEOUT,
     CliProcess,
     all_runs,
     invoke_cli,
@@ -45,15 +47,18 @@ def runs_by_kind(kind):
 
 @pytest.fixture(scope="module")
 def search(empty_store, tmp_path_factory):
-    """A random search of 4 trials: `digitml tune` as a real process, SIGKILLed once the second
-    trial has ended, then the same command again (in-process) to finish it: `uri`, `folder`,
-    `killed_lines` (stdout up to the kill), `finished_before` (trial runs FINISHED at the kill),
+    """A random search of 4 trials of 2 epochs: `digitml tune` as a real process, SIGKILLed in
+    the middle of the second trial (its first epoch logged), then the same command again
+    (in-process) to finish it: `uri`, `folder`, `killed_lines` (stdout up to the kill),
+    `finished_before` (trial runs FINISHED at the kill), `interrupted` (the second trial's run id),
     `result` (the second command's CliRunner result)."""
     folder = tmp_path_factory.mktemp("search")
     uri = new_store(empty_store, folder)
     path = write_search(folder, max_trials=4)
     with tracking_at(uri, folder):
-        killed_lines = CliProcess("tune", "--config", str(path), cwd=folder).kill_at("trial 2/4")
+        process = CliProcess("tune", "--config", str(path), cwd=folder)
+        killed_lines = process.read_until("trial 1/4")
+        interrupted = kill_once_an_epoch_is_logged(process, trial_id="1")
         finished_before = {
             run.info.run_id for run in runs_by_kind("trial") if run.info.status == "FINISHED"
         }
@@ -64,8 +69,26 @@ def search(empty_store, tmp_path_factory):
         folder=folder,
         killed_lines=killed_lines,
         finished_before=finished_before,
+        interrupted=interrupted,
         result=result,
     )
+
+
+def kill_once_an_epoch_is_logged(process: CliProcess, trial_id: str) -> str:
+    """SIGKILL `process` as soon as trial `trial_id`'s run holds an epoch; that run's id."""
+    deadline = time.monotonic() + READ_TIMEOUT
+    client = mlflow.MlflowClient()
+    while True:
+        runs = [
+            run for run in runs_by_kind("trial") if run.data.tags["digitml.trial_id"] == trial_id
+        ]
+        if runs and client.get_metric_history(runs[0].info.run_id, "val_accuracy"):
+            process.process.kill()
+            process.finish(timeout=60)
+            return runs[0].info.run_id
+        assert process.process.poll() is None, f"the search ended before trial {trial_id}"
+        assert time.monotonic() < deadline, f"trial {trial_id} logged no epoch in {READ_TIMEOUT} s"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -126,7 +149,7 @@ def test_search_prints_one_line_per_trial_and_the_registered_version(searched):
 
 
 def test_killed_search_resumes_without_rerunning_or_duplicating(searched):
-    assert len(searched.finished_before) == 2
+    assert len(searched.finished_before) == 1
     assert len(runs_by_kind("tune")) == 1
     trials = runs_by_kind("trial")
     assert len(trials) == 4
@@ -134,7 +157,17 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(searched):
     assert searched.finished_before <= {run.info.run_id for run in trials}
     assert [
         line.split()[1] for line in searched.result.stdout.splitlines() if line.startswith("trial ")
-    ] == ["3/4", "4/4"]
+    ] == ["2/4", "3/4", "4/4"]
+
+
+def test_a_trial_killed_between_its_epochs_goes_on_in_its_own_run(searched):
+    """Each epoch once, in the run the killed process started, which ends FINISHED."""
+    run = mlflow.get_run(searched.interrupted)
+    assert run.data.tags["digitml.trial_id"] == "1" and run.info.status == "FINISHED"
+    client = mlflow.MlflowClient()
+    for key in ("val_accuracy", "epoch_seconds"):
+        steps = sorted(metric.step for metric in client.get_metric_history(run.info.run_id, key))
+        assert steps == [0, 1], (key, steps)
 
 
 def test_search_writes_trials_csv_and_figure(searched):
