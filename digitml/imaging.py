@@ -23,6 +23,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ def pixels_to_array(pixels: Any, where: str = "pixels") -> np.ndarray:
     if isinstance(pixels, str):
         return packed_pixels(pixels, where)
     try:
-        array = np.asarray(pixels, dtype=np.float32)
+        array = np.asarray(pixels)
     except (TypeError, ValueError) as error:
         raise ImageInputError(f"{where}: not a numeric 28x28 array ({error})") from error
     if array.size == IMAGE_SIZE * IMAGE_SIZE and array.ndim in (1, 3):
@@ -63,13 +64,32 @@ def pixels_to_array(pixels: Any, where: str = "pixels") -> np.ndarray:
     if array.shape != (IMAGE_SIZE, IMAGE_SIZE):
         shape = "x".join(map(str, array.shape)) or "a scalar"
         raise ImageInputError(f"{where}: expected shape 28x28, got {shape}")
+    array = pixel_values(array, where)
     if not np.isfinite(array).all():
         raise ImageInputError(f"{where}: contains NaN or infinity")
     if array.min() < 0 or array.max() > 255:
         raise ImageInputError(
             f"{where}: values must lie in 0-255 (or 0-1), got {array.min():g} to {array.max():g}"
         )
+    array = array.astype(np.float32)
     return array if array.max() <= 1.0 else array / np.float32(255)
+
+
+def pixel_values(array: np.ndarray, where: str = "pixels") -> np.ndarray:
+    """A 28x28 array's values as float64; only real numbers are pixels, not text, dates or
+    complex numbers (which NumPy would quietly turn into numbers)."""
+    if array.dtype.kind == "O":
+        others = {type(value).__name__ for value in array.flat if not isinstance(value, Real)}
+    else:
+        others = set() if array.dtype.kind in "biuf" else {array.dtype.name}
+    if others:
+        raise ImageInputError(
+            f"{where}: not a numeric 28x28 array (holds {', '.join(sorted(others))} values)"
+        )
+    try:
+        return array.astype(np.float64)
+    except OverflowError as error:  # a Python int beyond float64's range
+        raise ImageInputError(f"{where}: values must lie in 0-255 (or 0-1) ({error})") from error
 
 
 def packed_pixels(text: str, where: str = "pixels") -> np.ndarray:
@@ -293,10 +313,7 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> np.ndarray:
     """Rows of {'image': bytes|base64} or {'pixels': 28x28} to model input (n, 28, 28, 1).
 
     Every row is checked, and every image's size read from its header, before any is decoded."""
-    if not rows:
-        raise ImageInputError("the batch is empty: send at least one row")
-    if len(rows) > MAX_BATCH:
-        raise ImageInputError(f"{len(rows):,} rows: at most {MAX_BATCH:,} per request")
+    check_row_count(len(rows))
     inputs = [row_input(row, f"row {index}") for index, row in enumerate(rows)]
     total = sum(item.width * item.height for item in inputs if isinstance(item, Image.Image))
     if total > MAX_REQUEST_PIXELS:
@@ -312,6 +329,14 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> np.ndarray:
     return np.stack(arrays)[..., np.newaxis]
 
 
+def check_row_count(count: int) -> None:
+    """Refuse a request of no rows or of more than `MAX_BATCH`."""
+    if not count:
+        raise ImageInputError("the batch is empty: send at least one row")
+    if count > MAX_BATCH:
+        raise ImageInputError(f"{count:,} rows: at most {MAX_BATCH:,} per request")
+
+
 @cache
 def _row_pool() -> ThreadPoolExecutor:
     """Threads that prepare a request's rows side by side: decoding and resizing, most of the
@@ -323,7 +348,7 @@ def _row_pool() -> ThreadPoolExecutor:
 def row_input(row: dict[str, Any], where: str) -> Image.Image | np.ndarray:
     """One row's image, opened but not decoded, or its pixels as the model's array."""
     given = {key for key, value in row.items() if not _missing(value)}
-    unknown = sorted(set(row) - {"image", "pixels"})
+    unknown = [name for name in row if name not in ("image", "pixels")]
     if unknown:
         raise ImageInputError(
             f"{where}: unknown column '{unknown[0]}' (expected 'image' or 'pixels')"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
@@ -47,7 +47,8 @@ class DigitClassifier(mlflow.pyfunc.PythonModel):
     # checked here (MLflow passes a DataFrame from a REST request; see input_rows for the rest).
     def predict(self, context, model_input: pd.DataFrame, params=None):
         try:
-            images = self.imaging.rows_to_batch(input_rows(model_input))
+            rows = input_rows(model_input, self.imaging.check_row_count)
+            images = self.imaging.rows_to_batch(rows)
         except self.imaging.ImageInputError as error:
             raise bad_input(str(error)) from error
         # predict_on_batch: Keras' predict() costs ~50 ms per call even for one image.
@@ -72,15 +73,43 @@ def stderr_discarded() -> Iterator[None]:
         os.close(saved)
 
 
-def input_rows(model_input) -> list[dict]:
-    """The request as a list of row dicts, whatever shape MLflow parsed it into."""
+def input_rows(model_input, check_count: Callable[[int], None]) -> list[dict]:
+    """The request as a list of row dicts, whatever shape MLflow parsed it into. `check_count`
+    sees the number of rows first: building a million rows takes a second, refusing them none."""
     if isinstance(model_input, pd.DataFrame):
+        check_count(len(model_input))
         return model_input.to_dict("records")
     if isinstance(model_input, dict):
-        return pd.DataFrame(model_input).to_dict("records")
+        check_count(columns_length(model_input))
+        rows = zip(*model_input.values(), strict=True)
+        return [dict(zip(model_input, values, strict=True)) for values in rows]
     if isinstance(model_input, np.ndarray):
+        if model_input.ndim == 0:
+            raise bad_input("a bare array must hold one row of pixels per input, got a scalar")
+        check_count(len(model_input))
         return [{"pixels": pixels} for pixels in model_input]
     raise bad_input(f"unsupported input type {type(model_input).__name__}")
+
+
+def columns_length(columns: dict) -> int:
+    """The rows a dict of columns holds. A column is a list, or an array whose first axis is the
+    rows: MLflow's server parses REST `inputs` and `instances` into arrays of any shape."""
+    lengths = {name: column_length(name, values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        sizes = ", ".join(f"'{name}' {length}" for name, length in lengths.items())
+        raise bad_input(f"the columns must be equally long, got {sizes}")
+    return next(iter(lengths.values()), 0)
+
+
+def column_length(name, values) -> int:
+    """The rows one column holds: it must be a list or an array of one value per row."""
+    if isinstance(values, (list, tuple, pd.Series)) or (
+        isinstance(values, np.ndarray) and values.ndim > 0
+    ):
+        return len(values)
+    raise bad_input(
+        f"column '{name}' must be a list with one value per row, got {type(values).__name__}"
+    )
 
 
 def bad_input(message: str) -> MlflowException:
