@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -120,6 +121,18 @@ def training_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
+class EpochBackup(keras.callbacks.BackupAndRestore):
+    """Keras' backup of every epoch, for resuming. With `double_checkpoint` the previous epoch's
+    copy is kept, and used when a kill cut the newer one short; when the only copy is cut short
+    (a kill during the first epoch's backup), training starts over instead of failing."""
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        try:
+            super().on_train_begin(logs)
+        except OSError:  # HDF5's "unable to open file": the file is cut short
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
 class EpochLinePrinter(keras.callbacks.Callback):
     """One line per epoch, for logs and pipes where Keras' progress bar would be noise."""
 
@@ -167,7 +180,9 @@ def train_model(
     callbacks = training_callbacks(config) + list(extra_callbacks)
     if backup_dir is not None:
         # Kept until the run is fully logged, so a kill after the last epoch loses no training.
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
+        callbacks.append(
+            EpochBackup(str(backup_dir), delete_checkpoint=False, double_checkpoint=True)
+        )
     if progress == "lines":  # last, so a printed epoch is one already logged and backed up
         callbacks.append(EpochLinePrinter())
     started = time.perf_counter()

@@ -122,12 +122,11 @@ def log_search_summary(trials: list[Any], parent_run_id: str) -> None:
         )
 
 
-def finished_best_run(parent_run_id: str) -> str | None:
-    """The best configuration's finished training run under this search, if there is one."""
-    runs = _child_runs(
-        parent_run_id, "tags.`digitml.kind` = 'best' and attributes.status = 'FINISHED'"
-    )
-    return runs[0].info.run_id if runs else None
+def best_run(parent_run_id: str) -> mlflow.entities.Run | None:
+    """The best configuration's training run under this search (finished, or left unfinished by
+    a killed process), if there is one."""
+    runs = _child_runs(parent_run_id, "tags.`digitml.kind` = 'best'")
+    return runs[0] if runs else None
 
 
 def running_search(experiment: str, oracle_address: str, wait_seconds: float) -> Any:

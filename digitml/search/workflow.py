@@ -84,12 +84,19 @@ def run_chief(
         best = tuner.oracle.get_best_trials(1)
         if not best:
             return SearchOutcome(parent.info.run_id, None, None, None)
-        best_run_id = runs.finished_best_run(parent.info.run_id)
-        if best_run_id is None:
+        best_run = runs.best_run(parent.info.run_id)
+        if best_run is not None and best_run.info.status == "FINISHED":
+            best_run_id = best_run.info.run_id
+        else:  # a retraining a kill interrupted goes on in its own run, from its last epoch
             epochs = retrain_epochs(config, base)
             best_config = trial_config(base, best[0].hyperparameters.values, epochs)
-            name = f"best-{runs.trial_run_name(best[0].trial_id)}"
-            best_run_id = run_training(best_config, data=data, kind="best", run_name=name).run_id
+            best_run_id = run_training(
+                best_config,
+                data=data,
+                resume_run_id=best_run.info.run_id if best_run else None,
+                kind="best",
+                run_name=f"best-{runs.trial_run_name(best[0].trial_id)}",
+            ).run_id
         version = registry.register_challenger(best_run_id, config.register_as)
     return SearchOutcome(parent.info.run_id, best_run_id, best[0].score, version)
 

@@ -306,3 +306,48 @@ def test_a_tie_for_best_goes_to_the_same_trial_after_a_restart(search, tmp_path)
         (parent,) = runs_by_kind("tune")
     assert result.exit_code == 0, result.output[-3000:]
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(scores[best])
+
+
+def kill_once(process: CliProcess, ready, what: str) -> None:
+    """SIGKILL `process` as soon as `ready()` holds."""
+    deadline = time.monotonic() + READ_TIMEOUT
+    while not ready():
+        assert process.process.poll() is None, f"ended before {what}: {process.stderr[-2000:]}"
+        assert time.monotonic() < deadline, f"no {what} within {READ_TIMEOUT} s"
+        time.sleep(0.02)
+    process.process.kill()
+    process.finish(timeout=60)
+
+
+def best_epochs_logged() -> int:
+    best = runs_by_kind("best")
+    if not best:
+        return 0
+    return len(mlflow.MlflowClient().get_metric_history(best[0].info.run_id, "val_accuracy"))
+
+
+def best_finished() -> bool:
+    return [run.info.status for run in runs_by_kind("best")] == ["FINISHED"]
+
+
+def test_kills_during_the_best_retraining_and_its_registration_leave_one_version(
+    tracking_uri, tmp_path
+):
+    """Killed once the best configuration's retraining has logged an epoch (of three), then once
+    that run has finished (while it is registered, or just before), then run to the end: one
+    retraining run, each epoch once, and one registered version holding `challenger`."""
+    search = write_search(tmp_path, max_trials=1)
+    search.write_text(search.read_text().replace("best_epochs: 1", "best_epochs: 3"))
+    command = ("tune", "--config", str(search), "--limit", "300")
+    kill_once(CliProcess(*command, cwd=tmp_path), best_epochs_logged, "retraining epoch")
+    kill_once(CliProcess(*command, cwd=tmp_path), best_finished, "finished retraining")
+    result = invoke_cli(*command)
+    assert result.exit_code == 0, result.output[-3000:]
+    (best,) = runs_by_kind("best")
+    assert best.info.status == "FINISHED" and len(runs_by_kind("trial")) == 1
+    history = mlflow.MlflowClient().get_metric_history(best.info.run_id, "val_accuracy")
+    assert sorted(metric.step for metric in history) == [0, 1, 2]
+    versions = mlflow.MlflowClient().search_model_versions("name = 'digit-classifier'")
+    assert [version.run_id for version in versions] == [best.info.run_id]
+    challenger = mlflow.MlflowClient().get_model_version_by_alias("digit-classifier", "challenger")
+    assert challenger.version == versions[0].version
