@@ -20,6 +20,7 @@ from digitml.search.space import TUNER_VALUE_PREFIX, searched
 from digitml.tracking import ending, tracked_run
 
 ORACLE_TAG = "digitml.oracle"
+TUNER_TAG = "digitml.tuner_id"  # on each trial run: the process that ran it
 OBJECTIVE = "val_accuracy"
 
 
@@ -63,9 +64,11 @@ def run_exists(run_id: str) -> bool:
 
 @contextmanager
 def trial_run(
-    parent_run_id: str, experiment_id: str, trial_id: str, values: dict[str, Any]
+    parent_run_id: str, experiment_id: str, trial_id: str, values: dict[str, Any], tuner_id: str
 ) -> Iterator[mlflow.ActiveRun]:
-    """A trial's child run; a trial re-run after a crash re-enters its run instead of adding one."""
+    """A trial's child run; a trial re-run after a crash re-enters its run instead of adding one.
+    Tagged with the process that runs it (`tuner0` alone, the worker's id in a distributed
+    search)."""
     existing = _child_runs(parent_run_id, f"tags.`digitml.trial_id` = '{trial_id}'")
     if existing:
         run = mlflow.start_run(run_id=existing[0].info.run_id, nested=True)
@@ -78,6 +81,7 @@ def trial_run(
             tags={"digitml.kind": "trial", "digitml.trial_id": trial_id},
         )
     with ending():
+        mlflow.set_tag(TUNER_TAG, tuner_id)
         mlflow.log_params(
             {name.replace(TUNER_VALUE_PREFIX, "tuner."): v for name, v in values.items()}
         )

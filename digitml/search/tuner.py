@@ -228,7 +228,11 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
             ),
         ]
         with trial_run(
-            self.context.parent_run_id, self.context.experiment_id, trial.trial_id, values
+            self.context.parent_run_id,
+            self.context.experiment_id,
+            trial.trial_id,
+            values,
+            self.tuner_id,
         ) as run:
             try:
                 result = train_model(

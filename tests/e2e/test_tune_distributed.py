@@ -1,102 +1,151 @@
-"""A distributed search for real: `mlflow server` on loopback, one chief, two workers, processes."""
+"""The team set-up for real: `mlflow server` on a throw-away PostgreSQL cluster with served
+artifacts, on loopback; a distributed search (one chief, three workers, one of them SIGKILLed
+mid-trial and restarted) beside two plain trainings, all real processes."""
 
+import io
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+from postgres import INITDB, MISSING, PG_CTL, cluster
 from serving import free_port, stop_process, wait_for_http
 
-from conftest import CliProcess, invoke_cli, new_store
+from conftest import READ_TIMEOUT, CliProcess, all_runs, invoke_cli, start_digits_training
 
 SEARCH = """\
 base_config: fast
 tuner: random
-max_trials: 4
-epochs: 1
+max_trials: 3
+epochs: 2
 best_epochs: 1
 dataset: digits
+limit: 300
 experiment: distributed-test
 search_space:
   model_params.dense_units: {type: int, min: 16, max: 128, step: 8}
 """
+TRAINING_EPOCHS = 1
 
 
 @pytest.fixture
-def tracking_server(empty_store, tmp_path, monkeypatch):
-    """`mlflow server` with a SQLite backend and served artifacts, on a free loopback port."""
-    port = free_port()
+def tracking_server(tmp_path, monkeypatch):
+    """`mlflow server` with a PostgreSQL backend store and served artifacts, on loopback."""
+    if not (INITDB and PG_CTL):
+        pytest.skip(MISSING)
     venv_bin = str(Path(sys.executable).parent)
-    server = subprocess.Popen(
-        [
-            shutil.which("mlflow", path=venv_bin) or "mlflow",
-            "server",
-            "--backend-store-uri",
-            new_store(empty_store, tmp_path),
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "server.log").open("w"),
-        # The job runner's extra processes serve nothing a search uses and slow the start.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    uri = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{uri}/health", server, tmp_path / "server.log", timeout=90)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    stop_process(server)
-    mlflow.set_tracking_uri(None)
+    port = free_port()
+    with cluster(free_port()) as database:
+        server = subprocess.Popen(
+            [
+                *(shutil.which("mlflow", path=venv_bin) or "mlflow", "server"),
+                *("--backend-store-uri", database),
+                *("--artifacts-destination", str(tmp_path / "artifacts")),
+                *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "server.log").open("w"),
+            # The job runner's extra processes serve nothing a search uses and slow the start.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        uri = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{uri}/health", server, tmp_path / "server.log", timeout=180)
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+            mlflow.set_tracking_uri(uri)
+            yield uri
+        finally:
+            stop_process(server)
+            mlflow.set_tracking_uri(None)
 
 
 def start_tune(cwd, *args) -> CliProcess:
     return CliProcess("tune", "--config", "search.yaml", *args, cwd=cwd)
 
 
-def test_chief_and_two_workers_share_one_search(tracking_server, tmp_path, monkeypatch):
+def start_worker(cwd, oracle: str, worker_id: str) -> CliProcess:
+    return start_tune(cwd, "--role", "worker", "--oracle", oracle, "--worker-id", worker_id)
+
+
+def trial_runs() -> list:
+    return [run for run in all_runs("distributed-test") if run.data.tags["digitml.kind"] == "trial"]
+
+
+def kill_mid_trial(worker: CliProcess, worker_id: str) -> str:
+    """SIGKILL `worker` once a trial it runs has logged its first epoch (of two); that trial's
+    run id."""
+    deadline = time.monotonic() + READ_TIMEOUT
+    client = mlflow.MlflowClient()
+    while True:
+        for run in trial_runs():
+            mine = run.data.tags.get("digitml.tuner_id") == worker_id
+            if mine and len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1:
+                worker.process.kill()
+                worker.finish(timeout=60)
+                return run.info.run_id
+        assert worker.process.poll() is None, f"{worker_id} ended: {worker.stderr[-2000:]}"
+        assert time.monotonic() < deadline, f"{worker_id} logged no epoch in {READ_TIMEOUT} s"
+        time.sleep(0.05)
+
+
+def test_a_team_search_and_two_trainings_share_one_postgresql_store(tracking_server, tmp_path):
     (tmp_path / "search.yaml").write_text(SEARCH)
     oracle = f"127.0.0.1:{free_port()}"
     chief = start_tune(tmp_path, "--role", "chief", "--oracle", oracle)
     chief.read_until("oracle listening")  # as a user would: workers join a running search
-    workers = [
-        start_tune(tmp_path, "--role", "worker", "--oracle", oracle, "--worker-id", f"w{n}")
-        for n in (1, 2)
-    ]
+    workers = [start_worker(tmp_path, oracle, f"w{n}") for n in (1, 2, 3)]
+    trainings = [start_digits_training(tmp_path, TRAINING_EPOCHS, "team-trainings") for _ in "ab"]
+    processes = [chief, *workers, *trainings]
     try:
-        outputs = [process.finish(timeout=600) for process in [chief, *workers]]
+        interrupted = kill_mid_trial(workers[0], "w1")
+        processes.append(start_worker(tmp_path, oracle, "w1"))  # the same id: it holds the trial
+        for process in processes:
+            if process is not workers[0]:
+                process.finish(timeout=600)
     finally:
-        for process in [chief, *workers]:
+        for process in processes:
             process.process.kill()
-    assert [process.returncode for process in [chief, *workers]] == [0, 0, 0], [
-        process.stderr[-2000:] for process in [chief, *workers]
+    finished = [process for process in processes if process is not workers[0]]
+    assert [process.returncode for process in finished] == [0] * 6, [
+        process.stderr[-2000:] for process in finished
     ]
-    for out in outputs[1:]:
-        assert "the search is complete" in out
 
-    experiment = mlflow.get_experiment_by_name("distributed-test")
-    runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    # The search: every trial once, complete, the killed one continued in its own run.
+    runs = all_runs("distributed-test")
     (parent,) = [run for run in runs if run.data.tags.get("digitml.kind") == "tune"]
-    trials = [run for run in runs if run.data.tags.get("digitml.kind") == "trial"]
-    assert sorted(run.data.tags["digitml.trial_id"] for run in trials) == ["0", "1", "2", "3"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["digitml.oracle"] == oracle
+    trials = trial_runs()
+    assert sorted(run.data.tags["digitml.trial_id"] for run in trials) == ["0", "1", "2"]
     assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {parent.info.run_id}
-    assert all(run.info.status == "FINISHED" for run in trials)
-    assert parent.info.status == "FINISHED" and "best_val_accuracy" in parent.data.metrics
-    assert parent.data.tags["digitml.oracle"] == oracle
-    worker_trials = sum(out.count(" of 4  ") for out in outputs[1:])
-    assert worker_trials == 4
+    client = mlflow.MlflowClient()
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "loss")]
+        assert sorted(steps) == [0, 1], (run.data.tags["digitml.trial_id"], steps)
+    assert mlflow.get_run(interrupted).data.tags["digitml.tuner_id"] == "w1"
+    table = pd.read_csv(
+        io.StringIO(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/trials.csv"))
+    )
+    assert len(table) == 3
+    versions = client.search_model_versions("name = 'digit-classifier'")
+    (best,) = [run for run in runs if run.data.tags.get("digitml.kind") == "best"]
+    assert [version.run_id for version in versions] == [best.info.run_id]
 
-    monkeypatch.chdir(tmp_path)
-    late = invoke_cli("tune", "--config", "search.yaml", "--role", "worker", "--oracle", oracle)
+    # The trainings beside it: both complete.
+    trained = all_runs("team-trainings")
+    assert len(trained) == 2 and {run.info.status for run in trained} == {"FINISHED"}
+    for run in trained:
+        steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "loss")]
+        assert sorted(steps) == list(range(TRAINING_EPOCHS))
+        assert "test_accuracy" in run.data.metrics
+
+    search = str(tmp_path / "search.yaml")
+    late = invoke_cli("tune", "--config", search, "--role", "worker", "--oracle", oracle)
     assert late.exit_code == 0, late.stderr[-2000:]
     assert (
         late.stdout.strip()
