@@ -1,5 +1,5 @@
-"""`digitml train` as a user runs it: real processes (a training SIGKILLed mid-run and resumed,
-one stopped with SIGTERM), a real MLflow store in a temp dir; option checks, help and shell
+"""`digitml train` as a user runs it: real processes (a training stopped with SIGTERM, its resume
+SIGKILLed while logging the model, resumed again), a real MLflow store in a temp dir; option checks, help and shell
 completion in-process through click's CliRunner."""
 
 import gzip
@@ -36,33 +36,36 @@ KILL_AFTER = 3
 
 @pytest.fixture(scope="module")
 def resumed(empty_store, tmp_path_factory):
-    """A training SIGKILLed once epoch 3 of 6 is logged; `digitml train --resume RUN_ID` SIGKILLed
-    while it logs the trained model; `--resume` again, to the end. All real processes: `uri`,
-    `folder`, `killed_lines` (stdout up to the first kill), `logging_lines` (the first resume's
-    stdout), `models_at_kill` (the run's logged models and their status after the second kill),
-    `result` (the last resume's CompletedProcess), `run_id`, `status_after_kill`."""
+    """A training stopped with SIGTERM once epoch 3 of 6 is logged; `digitml train --resume RUN_ID`
+    SIGKILLed while it logs the trained model; `--resume` again, to the end. All real processes:
+    `uri`, `folder`, `stopped` (the first process), `killed_lines` (its stdout), `logging_lines`
+    (the first resume's stdout), `models_at_kill` (the run's logged models and their status after
+    the SIGKILL), `result` (the last resume's CompletedProcess), `run_id`, `status_after_stop`,
+    `status_after_kill`."""
     folder = tmp_path_factory.mktemp("resume")
     uri = new_store(empty_store, folder)
     with tracking_at(uri, folder):
-        process = start_digits_training(folder, epochs=EPOCHS, experiment="resume-test")
-        killed_lines = process.kill_at(f"epoch {KILL_AFTER}/")
-        assert process.returncode == -signal.SIGKILL
+        stopped = start_digits_training(folder, epochs=EPOCHS, experiment="resume-test")
+        killed_lines = stopped.kill_at(f"epoch {KILL_AFTER}/", signal.SIGTERM)
         (announce,) = [line for line in killed_lines if line.startswith("MLflow run ")]
         run_id = announce.split()[2]
-        status_after_kill = mlflow.get_run(run_id).info.status
+        status_after_stop = mlflow.get_run(run_id).info.status
         logging = CliProcess("train", "--resume", run_id, cwd=folder)
         logging_lines = logging.read_until(f"epoch {EPOCHS}/")
         models_at_kill = kill_once_a_model_is_logging(logging, run_id)
+        status_after_kill = mlflow.get_run(run_id).info.status
         result = run_cli("train", "--resume", run_id, cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     return SimpleNamespace(
         uri=uri,
         folder=folder,
+        stopped=stopped,
         killed_lines=killed_lines,
         logging_lines=logging_lines,
         models_at_kill=models_at_kill,
         result=result,
         run_id=run_id,
+        status_after_stop=status_after_stop,
         status_after_kill=status_after_kill,
     )
 
@@ -119,7 +122,7 @@ def test_without_a_terminal_each_epoch_is_one_line(resumed):
     assert "\r" not in stdout and "\x08" not in stdout
 
 
-def test_killed_run_resumes_in_the_same_run_from_its_last_epoch(in_resume_store):
+def test_an_interrupted_run_resumes_in_the_same_run_from_its_last_epoch(in_resume_store):
     resumed = in_resume_store
     assert resumed.status_after_kill == "RUNNING"
     resumed_epochs = [
@@ -239,14 +242,11 @@ def test_corrupted_data_stops_before_training_and_names_the_file(tracking_uri, t
     assert all_runs() == []
 
 
-def test_sigterm_marks_the_run_killed_and_says_how_to_resume(tracking_uri, tmp_path):
-    process = start_digits_training(tmp_path, epochs=50, experiment="cli-test")
-    process.kill_at("epoch 1/", signal.SIGTERM)
-    assert process.returncode == 130
-    (run,) = all_runs("cli-test")
-    assert f"digitml train --resume {run.info.run_id}" in process.stderr
-    assert "Traceback" not in process.stderr
-    assert run.info.status == "KILLED"
+def test_sigterm_marks_the_run_killed_and_says_how_to_resume(resumed):
+    assert resumed.stopped.returncode == 130
+    assert f"digitml train --resume {resumed.run_id}" in resumed.stopped.stderr
+    assert "Traceback" not in resumed.stopped.stderr
+    assert resumed.status_after_stop == "KILLED"
 
 
 def test_version_is_the_installed_packages():

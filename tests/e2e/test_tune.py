@@ -27,6 +27,7 @@ max_trials: {max_trials}
 epochs: 2
 best_epochs: 1
 dataset: digits
+limit: 300
 experiment: tune-test
 search_space:
   model_params.dense_units: {{type: int, min: 16, max: 128, step: 8}}
@@ -195,7 +196,7 @@ def test_hyperband_rounds_continue_from_the_previous_rounds_weights(
         f"tuner: hyperband\nhyperband_factor: 2\nhyperband_continue: {str(continuing).lower()}"
     )
     search.write_text(search.read_text().replace("tuner: random", hyperband))
-    result = invoke_cli("tune", "--config", str(search), "--limit", "300")
+    result = invoke_cli("tune", "--config", str(search))
     assert result.exit_code == 0, result.output[-3000:]
     trials = {run.data.tags["digitml.trial_id"]: run for run in runs_by_kind("trial")}
     (second_round,) = [run for run in trials.values() if "tuner.trial_id" in run.data.params]
@@ -212,7 +213,7 @@ def test_hyperband_rounds_continue_from_the_previous_rounds_weights(
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tracking_uri, tmp_path):
     # Plain SGD at a rate of 1e8 diverges to NaN: those trials must fail, the others finish.
     search = write_search(tmp_path, max_trials=3, rates="[100000000.0, 0.01]", optimizers="[sgd]")
-    result = invoke_cli("tune", "--config", str(search), "--tuner", "random", "--limit", "300")
+    result = invoke_cli("tune", "--config", str(search), "--tuner", "random")
     assert result.exit_code == 0, result.output[-3000:]
     statuses = sorted(run.info.status for run in runs_by_kind("trial"))
     assert len(statuses) == 3
@@ -338,7 +339,7 @@ def test_kills_during_the_best_retraining_and_its_registration_leave_one_version
     retraining run, each epoch once, and one registered version holding `challenger`."""
     search = write_search(tmp_path, max_trials=1)
     search.write_text(search.read_text().replace("best_epochs: 1", "best_epochs: 3"))
-    command = ("tune", "--config", str(search), "--limit", "300")
+    command = ("tune", "--config", str(search))
     kill_once(CliProcess(*command, cwd=tmp_path), best_epochs_logged, "retraining epoch")
     kill_once(CliProcess(*command, cwd=tmp_path), best_finished, "finished retraining")
     result = invoke_cli(*command)

@@ -11,7 +11,6 @@ import sysconfig
 from pathlib import Path
 from types import SimpleNamespace
 
-import mlflow
 import pytest
 import tomllib
 import yaml
@@ -75,12 +74,14 @@ def test_the_venv_runs_the_wheel_with_every_recipe_inside(installed, tmp_path):
     printed = must_run(
         installed.bin / "python",
         "-c",
-        "import digitml.config as config; print(config.__file__); print(config.EXPERIMENTS_DIR)",
+        "import digitml.config as config; print(config.__file__); print(config.EXPERIMENTS_DIR);"
+        "print(config.config_path(config.load_tune_config('tune').base_config))",
         cwd=tmp_path,  # `python -c` looks in its working folder first: not the checkout
     )
-    module, recipes = map(Path, printed.split())
+    module, recipes, searched_recipe = map(Path, printed.split())
     assert module.is_relative_to(installed.site_packages)
     assert recipes == installed.site_packages / "digitml" / "experiments"
+    assert searched_recipe.parent == recipes  # the shipped search loads, and finds its recipe
     shipped = sorted(path.name for path in recipes.glob("*.yaml"))
     assert shipped == sorted(path.name for path in (REPO_ROOT / "experiments").glob("*.yaml"))
 
@@ -106,24 +107,6 @@ def test_train_with_a_shipped_recipe_from_an_empty_folder(installed, empty_folde
     assert run_record.info.status == "FINISHED"
     assert run_record.data.tags["config"] == "fast"
     assert run_record.data.params["dataset"] == "digits"
-
-
-def test_tune_with_the_shipped_search_from_an_empty_folder(installed, empty_folder):
-    # The shipped search's loading and running, shortened: 2 trials of 2 epochs on 100 images,
-    # the winner retrained for 1 epoch instead of the recipe's 18.
-    result = digitml(
-        installed,
-        "tune --config tune --dataset digits --max-trials 2 --epochs 2 --best-epochs 1 --limit 100",
-        empty_folder,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = all_runs("digitml-tune")
-    kinds = sorted(run_record.data.tags["digitml.kind"] for run_record in runs)
-    assert kinds == ["best", "trial", "trial", "tune"]
-    assert all(run_record.info.status == "FINISHED" for run_record in runs)
-    (best,) = [run for run in runs if run.data.tags["digitml.kind"] == "best"]
-    assert best.data.params["epochs"] == "1" and best.data.params["model"] == "stem"
-    assert mlflow.MlflowClient().get_model_version_by_alias("digit-classifier", "challenger")
 
 
 def test_unknown_recipe_is_a_usage_error_naming_it(installed, empty_folder):
