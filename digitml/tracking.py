@@ -337,7 +337,7 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
     loadable where digitml is not installed. In a resumed run, each is logged once: one logged in
     full before the interruption is kept, one left half-logged is replaced."""
     model = uncompiled(model)
-    logged = finished_models(mlflow.active_run().info.run_id)
+    logged = finished_models(mlflow.active_run().info)
     if KERAS_MODEL_NAME not in logged:
         example_probabilities = np.asarray(model.predict_on_batch(example_images))
         mlflow.keras.log_model(
@@ -359,14 +359,13 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
         )
 
 
-def finished_models(run_id: str) -> set[str]:
-    """The names of the models `run_id` logged in full (READY). A model a killed process left
+def finished_models(run: mlflow.entities.RunInfo) -> set[str]:
+    """The names of the models the run logged in full (READY). A model a killed process left
     half-logged (PENDING) is deleted, so that logging it again leaves one model of its name."""
-    run = mlflow.get_run(run_id)
     finished = set()
     for logged in mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}'",
+        experiment_ids=[run.experiment_id],
+        filter_string=f"source_run_id = '{run.run_id}'",
         output_format="list",
     ):
         if logged.status == LoggedModelStatus.READY:

@@ -157,8 +157,8 @@ def train_model(
     The fitted weights (early stopping's best, if it restores them) are kept there too, so a run
     killed after its fit is not trained again.
 
-        `initial_weights`: a `.weights.h5` file of the same network to start from instead of a random
-        start (a Hyperband trial continuing its previous round).
+    `initial_weights`: a `.weights.h5` file of the same network to start from instead of a random
+    start (a Hyperband trial continuing its previous round).
 
         `progress`: "bar" (Keras' bar, for terminals), "lines" (one line per epoch) or "none".
     """

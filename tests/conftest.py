@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import mlflow
 import pytest
@@ -317,6 +317,28 @@ class CliProcess:
         finally:
             self.process.kill()
         return lines
+
+    def kill_when(self, found: Callable[[], Any], what: str, timeout: float = READ_TIMEOUT) -> Any:
+        """SIGKILL the process as soon as `found()` returns something (polling the store, say);
+        wait for the end; that something. Fails if the process ends first, or after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not (result := found()):
+            assert self.process.poll() is None, f"ended before {what}: {self.stderr[-2000:]}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+            time.sleep(0.02)
+        self.process.kill()
+        self.finish(timeout=60)
+        return result
+
+
+def logged_models(run_id: str) -> dict[str, str]:
+    """The run's logged models in the current store: name -> status."""
+    found = mlflow.search_logged_models(
+        experiment_ids=[mlflow.get_run(run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        output_format="list",
+    )
+    return {model.name: str(model.status) for model in found}
 
 
 def _pump(pipe: IO[str], keep: Callable[[str | None], None]) -> None:

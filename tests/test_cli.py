@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import click
@@ -17,10 +16,10 @@ import mlflow
 import pytest
 
 from conftest import (
-    READ_TIMEOUT,
     CliProcess,
     all_runs,
     invoke_cli,
+    logged_models,
     new_store,
     require_mnist,
     run_cli,
@@ -52,7 +51,8 @@ def resumed(empty_store, tmp_path_factory):
         status_after_stop = mlflow.get_run(run_id).info.status
         logging = CliProcess("train", "--resume", run_id, cwd=folder)
         logging_lines = logging.read_until(f"epoch {EPOCHS}/")
-        models_at_kill = kill_once_a_model_is_logging(logging, run_id)
+        logging.kill_when(lambda: logged_models(run_id), "a model logged")
+        models_at_kill = logged_models(run_id)
         status_after_kill = mlflow.get_run(run_id).info.status
         result = run_cli("train", "--resume", run_id, cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -68,28 +68,6 @@ def resumed(empty_store, tmp_path_factory):
         status_after_stop=status_after_stop,
         status_after_kill=status_after_kill,
     )
-
-
-def logged_models(run_id: str) -> dict[str, str]:
-    """The run's logged models in the current store: name -> status."""
-    found = mlflow.search_logged_models(
-        experiment_ids=[mlflow.get_run(run_id).info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}'",
-        output_format="list",
-    )
-    return {model.name: str(model.status) for model in found}
-
-
-def kill_once_a_model_is_logging(process: CliProcess, run_id: str) -> dict[str, str]:
-    """SIGKILL `process` as soon as the store shows a model of `run_id`; its models after that."""
-    deadline = time.monotonic() + READ_TIMEOUT
-    while not logged_models(run_id):
-        assert process.process.poll() is None, "the process ended before logging a model"
-        assert time.monotonic() < deadline, f"no model logged within {READ_TIMEOUT} s"
-        time.sleep(0.02)
-    process.process.kill()
-    process.finish(timeout=60)
-    return logged_models(run_id)
 
 
 @pytest.fixture

@@ -15,7 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import all_runs, new_store, require_mnist, start_digits_training, tracking_at
+from conftest import (
+    all_runs,
+    logged_models,
+    new_store,
+    require_mnist,
+    start_digits_training,
+    tracking_at,
+)
 from digitml import tracking
 from digitml.config import load_config
 from digitml.data import content_digest, load_mnist_dir, make_splits
@@ -332,12 +339,4 @@ def test_two_trainings_writing_to_one_sqlite_store_at_once_both_keep_everything(
             )
             assert steps == list(range(epochs)), (run.info.run_id, key, steps)
         assert "test_accuracy" in run.data.metrics and "train_seconds" in run.data.metrics
-        models = mlflow.search_logged_models(
-            experiment_ids=[run.info.experiment_id],
-            filter_string=f"source_run_id = '{run.info.run_id}'",
-            output_format="list",
-        )
-        assert sorted((model.name, str(model.status)) for model in models) == [
-            ("keras_model", "READY"),
-            ("model", "READY"),
-        ]
+        assert logged_models(run.info.run_id) == {"keras_model": "READY", "model": "READY"}

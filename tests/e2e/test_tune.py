@@ -3,7 +3,6 @@
 import io
 import json
 import shutil
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +11,6 @@ import pandas as pd
 import pytest
 
 from conftest import (
-    READ_TIMEOUT,
     CliProcess,
     all_runs,
     invoke_cli,
@@ -59,7 +57,7 @@ def search(empty_store, tmp_path_factory):
     with tracking_at(uri, folder):
         process = CliProcess("tune", "--config", str(path), cwd=folder)
         killed_lines = process.read_until("trial 1/4")
-        interrupted = kill_once_an_epoch_is_logged(process, trial_id="1")
+        interrupted = process.kill_when(lambda: trial_with_an_epoch("1"), "trial 2's first epoch")
         finished_before = {
             run.info.run_id for run in runs_by_kind("trial") if run.info.status == "FINISHED"
         }
@@ -75,21 +73,14 @@ def search(empty_store, tmp_path_factory):
     )
 
 
-def kill_once_an_epoch_is_logged(process: CliProcess, trial_id: str) -> str:
-    """SIGKILL `process` as soon as trial `trial_id`'s run holds an epoch; that run's id."""
-    deadline = time.monotonic() + READ_TIMEOUT
-    client = mlflow.MlflowClient()
-    while True:
-        runs = [
-            run for run in runs_by_kind("trial") if run.data.tags["digitml.trial_id"] == trial_id
-        ]
-        if runs and client.get_metric_history(runs[0].info.run_id, "val_accuracy"):
-            process.process.kill()
-            process.finish(timeout=60)
-            return runs[0].info.run_id
-        assert process.process.poll() is None, f"the search ended before trial {trial_id}"
-        assert time.monotonic() < deadline, f"trial {trial_id} logged no epoch in {READ_TIMEOUT} s"
-        time.sleep(0.02)
+def trial_with_an_epoch(trial_id: str) -> str | None:
+    """The run id of trial `trial_id` once its run holds an epoch."""
+    for run in runs_by_kind("trial"):
+        if run.data.tags[
+            "digitml.trial_id"
+        ] == trial_id and mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy"):
+            return run.info.run_id
+    return None
 
 
 @pytest.fixture
@@ -309,17 +300,6 @@ def test_a_tie_for_best_goes_to_the_same_trial_after_a_restart(search, tmp_path)
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(scores[best])
 
 
-def kill_once(process: CliProcess, ready, what: str) -> None:
-    """SIGKILL `process` as soon as `ready()` holds."""
-    deadline = time.monotonic() + READ_TIMEOUT
-    while not ready():
-        assert process.process.poll() is None, f"ended before {what}: {process.stderr[-2000:]}"
-        assert time.monotonic() < deadline, f"no {what} within {READ_TIMEOUT} s"
-        time.sleep(0.02)
-    process.process.kill()
-    process.finish(timeout=60)
-
-
 def best_epochs_logged() -> int:
     best = runs_by_kind("best")
     if not best:
@@ -340,8 +320,8 @@ def test_kills_during_the_best_retraining_and_its_registration_leave_one_version
     search = write_search(tmp_path, max_trials=1)
     search.write_text(search.read_text().replace("best_epochs: 1", "best_epochs: 3"))
     command = ("tune", "--config", str(search))
-    kill_once(CliProcess(*command, cwd=tmp_path), best_epochs_logged, "retraining epoch")
-    kill_once(CliProcess(*command, cwd=tmp_path), best_finished, "finished retraining")
+    CliProcess(*command, cwd=tmp_path).kill_when(best_epochs_logged, "a retraining epoch")
+    CliProcess(*command, cwd=tmp_path).kill_when(best_finished, "a finished retraining")
     result = invoke_cli(*command)
     assert result.exit_code == 0, result.output[-3000:]
     (best,) = runs_by_kind("best")

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -16,7 +15,7 @@ import pytest
 from postgres import INITDB, MISSING, PG_CTL, cluster
 from serving import free_port, stop_process, wait_for_http
 
-from conftest import READ_TIMEOUT, CliProcess, all_runs, invoke_cli, start_digits_training
+from conftest import CliProcess, all_runs, invoke_cli, start_digits_training
 
 SEARCH = """\
 base_config: fast
@@ -76,21 +75,14 @@ def trial_runs() -> list:
     return [run for run in all_runs("distributed-test") if run.data.tags["digitml.kind"] == "trial"]
 
 
-def kill_mid_trial(worker: CliProcess, worker_id: str) -> str:
-    """SIGKILL `worker` once a trial it runs has logged its first epoch (of two); that trial's
-    run id."""
-    deadline = time.monotonic() + READ_TIMEOUT
-    client = mlflow.MlflowClient()
-    while True:
-        for run in trial_runs():
-            mine = run.data.tags.get("digitml.tuner_id") == worker_id
-            if mine and len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1:
-                worker.process.kill()
-                worker.finish(timeout=60)
-                return run.info.run_id
-        assert worker.process.poll() is None, f"{worker_id} ended: {worker.stderr[-2000:]}"
-        assert time.monotonic() < deadline, f"{worker_id} logged no epoch in {READ_TIMEOUT} s"
-        time.sleep(0.05)
+def trial_in_its_first_epoch(worker_id: str) -> str | None:
+    """The run id of a trial `worker_id` runs, once it has logged its first epoch (of two)."""
+    for run in trial_runs():
+        mine = run.data.tags.get("digitml.tuner_id") == worker_id
+        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
+        if mine and len(history) == 1:
+            return run.info.run_id
+    return None
 
 
 def test_a_team_search_and_two_trainings_share_one_postgresql_store(tracking_server, tmp_path):
@@ -102,7 +94,7 @@ def test_a_team_search_and_two_trainings_share_one_postgresql_store(tracking_ser
     trainings = [start_digits_training(tmp_path, TRAINING_EPOCHS, "team-trainings") for _ in "ab"]
     processes = [chief, *workers, *trainings]
     try:
-        interrupted = kill_mid_trial(workers[0], "w1")
+        interrupted = workers[0].kill_when(lambda: trial_in_its_first_epoch("w1"), "a w1 epoch")
         processes.append(start_worker(tmp_path, oracle, "w1"))  # the same id: it holds the trial
         for process in processes:
             if process is not workers[0]:
