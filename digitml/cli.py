@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -215,16 +216,41 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
         )
     except DataError as error:
         raise click.ClickException(str(error)) from error
+    except OSError as error:
+        full = _out_of_space(error)
+        if full is None:
+            raise
+        then = _how_to_continue("FAILED", first="free some space, then ")
+        raise click.ClickException(f"{full}; {then}") from error
     except KeyboardInterrupt:
-        import mlflow
-
-        last = mlflow.last_active_run()
-        hint = f"; continue with: digitml train --resume {last.info.run_id}" if last else ""
-        click.echo(f"Interrupted{hint}", err=True)
+        click.echo(f"Interrupted; {_how_to_continue('KILLED')}", err=True)
         sys.exit(130)
     click.echo(f"run_id: {outcome.run_id}")
     click.echo(f"test_accuracy: {outcome.metrics['test_accuracy']:.4f}")
     click.echo(f"train_seconds: {outcome.train_seconds:.1f}")
+
+
+def _how_to_continue(ended_as: str, first: str = "") -> str:
+    """What became of the run this process trained in, and the command that continues it (after
+    doing `first`): a resume of that run, or the same command again where none was started yet."""
+    import mlflow
+
+    last = mlflow.last_active_run()
+    if last is None:
+        return f"{first}run the same command again"
+    run_id = last.info.run_id
+    return (
+        f"run {run_id} is marked {ended_as}; {first}continue with: digitml train --resume {run_id}"
+    )
+
+
+def _out_of_space(error: OSError) -> str | None:
+    """'no space left on the device' (naming the file, where known) if `error` says the disk or
+    the user's quota is full, else None. HDF5 (Keras' weight files) says so in its message only."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(error):
+        return None
+    written = error.filename2 or error.filename  # a failed copy names its source, then its target
+    return "no space left on the device" + (f" writing {written}" if written else "")
 
 
 def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -310,6 +336,13 @@ def tune(
     except SearchEnded as ended:
         click.echo(f"{search.tuner_id}: {ended}")
         return
+    except OSError as error:
+        full = _out_of_space(error)
+        if full is None:
+            raise
+        raise click.ClickException(
+            f"{full}: free some space, then run the same command again to resume the search"
+        ) from error
     except KeyboardInterrupt:
         click.echo("Interrupted; run the same command again to resume the search", err=True)
         sys.exit(130)

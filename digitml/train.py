@@ -165,18 +165,19 @@ def train_model(
     keras.utils.set_random_seed(config.seed)
     with dtype_policy(resolve_precision(config.precision)):
         model = build_network(config)
+    trained = backup_dir / TRAINED_WEIGHTS if backup_dir is not None else None
+    if trained is not None and trained.is_file():
+        # A resume of a run killed after its fit: nothing to train. Loaded before compiling, as
+        # the optimizer's state saved beside the weights is not needed (Keras warns of it).
+        model.load_weights(trained)
+        seconds = json.loads(trained.with_suffix(".json").read_text())["train_seconds"]
+        return TrainResult(float32_model(averaged(model)), {}, seconds)
     if initial_weights is not None:
         model.load_weights(initial_weights)
     loss, accuracy = training_objective(config.members, config.label_smoothing)
     model.compile(
         optimizer=make_optimizer(config, len(splits.train_labels)), loss=loss, metrics=[accuracy]
     )
-    trained = backup_dir / TRAINED_WEIGHTS if backup_dir is not None else None
-    if trained is not None and trained.is_file():
-        # A resume of a run killed after its fit: nothing to train.
-        model.load_weights(trained)
-        seconds = json.loads(trained.with_suffix(".json").read_text())["train_seconds"]
-        return TrainResult(float32_model(averaged(model)), {}, seconds)
     callbacks = training_callbacks(config) + list(extra_callbacks)
     if backup_dir is not None:
         # Kept until the run is fully logged, so a kill after the last epoch loses no training.

@@ -100,7 +100,12 @@ def resumable_config(run_id: str, data_dir: str | None = None) -> TrainConfig:
         raise ResumeError(f"run {run_id} not found in {mlflow.get_tracking_uri()}") from error
     if run.info.status == "FINISHED":
         raise ResumeError(f"run {run_id} already finished; nothing to resume")
-    raw = yaml.safe_load(tracking.read_run_config(run_id))
+    try:
+        raw = yaml.safe_load(tracking.read_run_config(run_id))
+    except mlflow.exceptions.MlflowException as error:  # never written, or its store is gone
+        raise ResumeError(
+            f"run {run_id} cannot be resumed: its config is not readable at {run.info.artifact_uri}"
+        ) from error
     if data_dir:
         raw["data_dir"] = data_dir
     return config_from_dict(raw, source=f"run {run_id}")

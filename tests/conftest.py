@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -131,10 +131,17 @@ def tracking_uri(empty_store, tmp_path) -> Iterator[str]:
         yield uri
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
-    """Run `digitml ...` as a user would, returning the CompletedProcess (never raising)."""
+def run_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: int = 300,
+    within: Sequence[str] = (),
+):
+    """Run `digitml ...` as a user would (`within` a command, such as nsenter's, if given),
+    returning the CompletedProcess (never raising)."""
     return subprocess.run(
-        [sys.executable, "-m", "digitml.cli", *args],
+        [*within, sys.executable, "-m", "digitml.cli", *args],
         check=False,
         cwd=cwd,
         env={**os.environ, **(env or {})},
