@@ -23,7 +23,7 @@ from digitml.config import (
     ConfigError,
     TrainConfig,
 )
-from digitml.search.distributed import DEFAULT_ORACLE, ROLES
+from digitml.search.distributed import DEFAULT_CHIEF_WAIT_SECONDS, DEFAULT_ORACLE, ROLES
 
 CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
 FROM_CONFIG = "from --config"
@@ -300,12 +300,22 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
     show_default="worker-<host>-<pid>",
     help="Unique name of this worker, with --role worker.",
 )
+@option(
+    "--chief-wait",
+    "chief_wait_seconds",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    show_default=f"{DEFAULT_CHIEF_WAIT_SECONDS:g}",
+    help="With --role worker: how long to wait for the chief's search to start (workers a "
+    "scheduler starts before the chief).",
+)
 def tune(
     config_file: str | None,
     tuning_dir: str | None,
     role: str | None,
     oracle_address: str | None,
     worker_id: str | None,
+    chief_wait_seconds: float | None,
     **overrides: Any,
 ) -> None:
     """Search hyperparameters with Keras Tuner; re-run the same command to resume."""
@@ -323,7 +333,7 @@ def tune(
     from digitml.search.workflow import run_search
 
     try:
-        search = search_role(role, oracle_address, worker_id)
+        search = search_role(role, oracle_address, worker_id, chief_wait_seconds)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

@@ -21,6 +21,7 @@ from digitml.config import ConfigError, work_dir
 DEFAULT_ORACLE = "127.0.0.1:8000"
 ROLES = ("chief", "worker")
 CHIEF_TIMEOUT_SECONDS = 20
+DEFAULT_CHIEF_WAIT_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Role:
     oracle_address: str | None = None
     tuner_id: str | None = None
     named_worker: bool = False  # a worker given --worker-id, which can resume its trials
+    chief_wait_seconds: float = DEFAULT_CHIEF_WAIT_SECONDS  # a worker's, for the search to start
 
     @property
     def is_worker(self) -> bool:
@@ -42,7 +44,10 @@ class Role:
 
 
 def search_role(
-    name: str | None, oracle_address: str | None = None, worker_id: str | None = None
+    name: str | None,
+    oracle_address: str | None = None,
+    worker_id: str | None = None,
+    chief_wait_seconds: float | None = None,
 ) -> Role:
     """The role the options ask for, checked; ConfigError names a bad combination or address."""
     if not name:
@@ -51,12 +56,22 @@ def search_role(
         return Role()
     if name not in ROLES:
         raise ConfigError(f"role must be one of {', '.join(ROLES)}; got {name!r}")
+    if chief_wait_seconds is not None and name != "worker":
+        raise ConfigError("--chief-wait is a worker's: it needs --role worker")
     address = oracle_address or DEFAULT_ORACLE
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--oracle: expected HOST:PORT, got {address!r}")
     tuner_id = "chief" if name == "chief" else worker_id or default_worker_id()
-    return Role(name, address, tuner_id, named_worker=name == "worker" and bool(worker_id))
+    return Role(
+        name,
+        address,
+        tuner_id,
+        named_worker=name == "worker" and bool(worker_id),
+        chief_wait_seconds=DEFAULT_CHIEF_WAIT_SECONDS
+        if chief_wait_seconds is None
+        else chief_wait_seconds,
+    )
 
 
 def default_worker_id() -> str:

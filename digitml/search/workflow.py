@@ -26,7 +26,6 @@ from digitml.search.tuner import DigitTuner, SearchContext, SearchEnded, TuningS
 from digitml.training_run import run_training
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
-WORKER_WAIT_SECONDS = 15
 
 
 @dataclass
@@ -53,7 +52,7 @@ def run_search(
     data = load_dataset(config.dataset, config.data_dir)
     splits = make_splits(data, base.val_fraction, base.seed, base.limit)
     if role.is_worker:
-        return run_worker(config, base, splits, folder, role.oracle_address)
+        return run_worker(config, base, splits, folder, role)
     return run_chief(config, base, data, splits, folder, role)
 
 
@@ -123,10 +122,12 @@ def base_recipe(config: TuneConfig) -> TrainConfig:
 
 
 def run_worker(
-    config: TuneConfig, base: TrainConfig, splits: Splits, folder: Path, oracle_address: str
+    config: TuneConfig, base: TrainConfig, splits: Splits, folder: Path, role: Role
 ) -> SearchOutcome:
-    """Run trials handed out by the chief until it says stop; raise SearchEnded if there is none."""
-    parent = runs.running_search(config.experiment, oracle_address, WORKER_WAIT_SECONDS)
+    """Run trials handed out by the chief until it says stop; raise SearchEnded if there is none
+    (waiting `role.chief_wait_seconds` for it to start)."""
+    oracle_address = role.oracle_address
+    parent = runs.running_search(config.experiment, oracle_address, role.chief_wait_seconds)
     if parent is None or not chief_reachable(oracle_address):
         raise SearchEnded(
             f"no search is running at {oracle_address} (experiment '{config.experiment}')"

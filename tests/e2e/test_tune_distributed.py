@@ -136,8 +136,11 @@ def test_a_team_search_and_two_trainings_share_one_postgresql_store(tracking_ser
         assert sorted(steps) == list(range(TRAINING_EPOCHS))
         assert "test_accuracy" in run.data.metrics
 
+    # A worker started after the search ended, told not to wait for a chief to start one.
     search = str(tmp_path / "search.yaml")
-    late = invoke_cli("tune", "--config", search, "--role", "worker", "--oracle", oracle)
+    late = invoke_cli(
+        *("tune", "--config", search, "--role", "worker", "--oracle", oracle, "--chief-wait", "0")
+    )
     assert late.exit_code == 0, late.stderr[-2000:]
     assert (
         late.stdout.strip()
@@ -146,11 +149,26 @@ def test_a_team_search_and_two_trainings_share_one_postgresql_store(tracking_ser
     )
 
 
-def test_oracle_address_must_be_host_and_port(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        (
+            ("--role", "chief", "--oracle", "localhost"),
+            "--oracle: expected HOST:PORT, got 'localhost'",
+        ),
+        (
+            ("--role", "chief", "--chief-wait", "60"),
+            "--chief-wait is a worker's: it needs --role worker",
+        ),
+        (
+            ("--role", "worker", "--chief-wait", "-1"),
+            "'--chief-wait': -1.0 is not in the range x>=0",
+        ),
+    ],
+)
+def test_a_bad_distributed_option_is_named(tmp_path, monkeypatch, options, named):
     (tmp_path / "search.yaml").write_text(SEARCH)
     monkeypatch.chdir(tmp_path)
-    result = invoke_cli(
-        "tune", "--config", "search.yaml", "--role", "chief", "--oracle", "localhost"
-    )
+    result = invoke_cli("tune", "--config", "search.yaml", *options)
     assert result.exit_code == 2
-    assert "--oracle" in result.stderr and "expected HOST:PORT, got 'localhost'" in result.stderr
+    assert named in result.stderr
