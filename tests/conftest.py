@@ -36,13 +36,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # workers finish together. Only the run time depends on this list.
 LONGEST_MODULES = (
     "test_tune.py",
-    "test_wheel.py",
     "test_tune_distributed.py",
-    "test_registry.py",
     "test_mlproject.py",
     "test_cli.py",
-    "test_train.py",
     "test_app.py",
+    "test_app_browser.py",
+    "test_tracking.py",
+    "test_registry.py",
+    "test_deploy.py",
+    "test_train.py",
+    "test_disk_full.py",
+    "test_wheel.py",
 )
 
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 
-from conftest import all_runs, new_store, run_cli, tracking_at
+from conftest import all_runs, invoke_cli, new_store, tracking_at
 from digitml.config import load_config
 from digitml.registry import RegistryError
 from digitml.registry import promote as promote_on
@@ -40,10 +40,9 @@ def store(empty_store, tmp_path_factory):
 
 
 def in_store(store, *args: str):
-    """`digitml ARGS --dataset digits` as a real process against the test store."""
-    return run_cli(
-        *args, "--dataset", "digits", cwd=store.dir, env={"MLFLOW_TRACKING_URI": store.uri}
-    )
+    """`digitml ARGS --dataset digits` against the test store (in-process: what the command
+    prints and decides, not how a process starts, which test_cli checks)."""
+    return invoke_cli(*args, "--dataset", "digits", env={"MLFLOW_TRACKING_URI": store.uri})
 
 
 def promote(model_uri, **options):
@@ -91,7 +90,7 @@ def history(store):
 
 def test_promote_command_makes_the_first_candidate_champion(history):
     first = history["first"]
-    assert first.cli.returncode == 0, first.cli.stderr[-2000:]
+    assert first.cli.exit_code == 0, first.cli.output[-2000:]
     assert "version 1" in first.cli.stdout and "is the first 'champion'" in first.cli.stdout
     assert first.state.champion == "1"
     assert first.state.tags["1"]["promotion_decision"] == "promoted"

@@ -1,5 +1,5 @@
 """End to end: `digitml app` on a free loopback port, loaded in headless Chromium, an upload;
-and stopped with SIGTERM."""
+then the same process stopped with SIGTERM."""
 
 import os
 import signal
@@ -31,10 +31,12 @@ def start_app(folder: Path, tracking_uri: str) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
-@pytest.fixture
-def app_url(registered_model, tmp_path):
-    process, port = start_app(tmp_path, registered_model)
-    yield f"http://127.0.0.1:{port}"
+@pytest.fixture(scope="module")
+def app(registered_model, tmp_path_factory):
+    """One `digitml app` serving the registered model for the module: the upload test uses it,
+    the SIGTERM test (the last in this file) stops it. Yields (process, port)."""
+    process, port = start_app(tmp_path_factory.mktemp("app"), registered_model)
+    yield process, port
     stop_process(process)
 
 
@@ -51,29 +53,14 @@ def streamlit_processes(port: int) -> list[int]:
     return found
 
 
-def test_sigterm_stops_the_page_and_leaves_no_process(tracking_uri, tmp_path):
-    process, port = start_app(tmp_path, tracking_uri)
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    finally:
-        process.kill()
-    left = streamlit_processes(port)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert left == []
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-
-
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=MISSING)
-def test_upload_in_headless_chromium_shows_the_digit(app_url, tmp_path):
+def test_upload_in_headless_chromium_shows_the_digit(app, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     with chromium(tmp_path / "profile") as driver:
-        driver.get(app_url)
+        driver.get(f"http://127.0.0.1:{app[1]}")
         wait = WebDriverWait(driver, 120)
         upload = wait.until(
             expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))
@@ -96,3 +83,18 @@ def test_upload_in_headless_chromium_shows_the_digit(app_url, tmp_path):
         )
         time.sleep(1)  # let the chart finish drawing before the picture
         driver.save_screenshot(os.environ.get("DIGITML_APP_SCREENSHOT", str(tmp_path / "app.png")))
+
+
+def test_sigterm_stops_the_page_and_leaves_no_process(app):
+    process, port = app
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    left = streamlit_processes(port)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
