@@ -329,14 +329,27 @@ class CliProcess:
             self.process.kill()
         return lines
 
-    def kill_when(self, found: Callable[[], Any], what: str, timeout: float = READ_TIMEOUT) -> Any:
-        """SIGKILL the process as soon as `found()` returns something (polling the store, say);
-        wait for the end; that something. Fails if the process ends first, or after `timeout`."""
+    def wait_for(
+        self,
+        found: Callable[[], Any],
+        what: str,
+        timeout: float = READ_TIMEOUT,
+        interval: float = 0.02,
+    ) -> Any:
+        """What `found()` returns once it returns something, called every `interval` s (a query
+        of the store, say: the longer the wait, the longer the interval, as each query costs the
+        store and this process CPU). Fails if the process ends first, or after `timeout`."""
         deadline = time.monotonic() + timeout
         while not (result := found()):
             assert self.process.poll() is None, f"ended before {what}: {self.stderr[-2000:]}"
             assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
-            time.sleep(0.02)
+            time.sleep(interval)
+        return result
+
+    def kill_when(self, found: Callable[[], Any], what: str, timeout: float = READ_TIMEOUT) -> Any:
+        """SIGKILL the process as soon as `found()` returns something (`wait_for`, polling every
+        20 ms); wait for the end; that something."""
+        result = self.wait_for(found, what, timeout)
         self.process.kill()
         self.finish(timeout=60)
         return result

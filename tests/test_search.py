@@ -146,3 +146,28 @@ def test_time_left_is_paced_by_this_processs_own_trials():
 def test_hyperband_continue_must_be_a_boolean():
     with pytest.raises(ConfigError, match="hyperband_continue"):
         load_tune_config(TUNE_FILE, {"hyperband_continue": "yes"})
+
+
+@pytest.mark.parametrize(
+    "values, enabled, kept, starts_from",
+    [
+        ({"tuner/trial_id": "0003"}, True, True, "the previous round's weights"),
+        ({"tuner/trial_id": "0003"}, False, True, None),  # hyperband_continue: false
+        ({"tuner/trial_id": "0003"}, True, False, None),  # that round ran on another worker
+        ({}, True, True, None),  # a first-round trial
+    ],
+)
+def test_a_later_hyperband_round_starts_from_the_previous_rounds_weights_only_if_it_can(
+    tmp_path, values, enabled, kept, starts_from
+):
+    """`tests/e2e/test_tune.py` runs a continuing Hyperband search; here the choice itself."""
+    from digitml.search.hyperband import previous_round_weights, weights_file
+
+    def trial_dir(trial_id: str) -> str:
+        return str(tmp_path / f"trial_{trial_id}")
+
+    if kept:
+        weights_file(trial_dir("0003")).parent.mkdir(parents=True)
+        weights_file(trial_dir("0003")).write_bytes(b"weights")
+    found = previous_round_weights(values, trial_dir, enabled)
+    assert found == (weights_file(trial_dir("0003")) if starts_from else None)

@@ -176,16 +176,12 @@ def test_search_writes_trials_csv_and_figure(searched):
     }
 
 
-@pytest.mark.parametrize("continuing", [True, False])
-def test_hyperband_rounds_continue_from_the_previous_rounds_weights(
-    tracking_uri, tmp_path, continuing
-):
+def test_hyperband_rounds_continue_from_the_previous_rounds_weights(tracking_uri, tmp_path):
     # max_epochs 2, factor 2: two 1-epoch trials, then the better one goes on for one more epoch
-    # (continuing), or trains both epochs again from a new start.
+    # from the weights it ended with (`hyperband_continue: false`, which trains both epochs again
+    # from a new start, is test_search's).
     search = write_search(tmp_path, max_trials=3)
-    hyperband = (
-        f"tuner: hyperband\nhyperband_factor: 2\nhyperband_continue: {str(continuing).lower()}"
-    )
+    hyperband = "tuner: hyperband\nhyperband_factor: 2\nhyperband_continue: true"
     search.write_text(search.read_text().replace("tuner: random", hyperband))
     result = invoke_cli("tune", "--config", str(search))
     assert result.exit_code == 0, result.output[-3000:]
@@ -193,8 +189,8 @@ def test_hyperband_rounds_continue_from_the_previous_rounds_weights(
     (second_round,) = [run for run in trials.values() if "tuner.trial_id" in run.data.params]
     assert second_round.data.params["tuner.initial_epoch"] == "1"
     history = mlflow.MlflowClient().get_metric_history(second_round.info.run_id, "val_accuracy")
-    # Continuing: only the extra epoch, numbered as the trial's second.
-    assert [m.step for m in history] == ([1] if continuing else [0, 1])
+    # Only the extra epoch, numbered as the trial's second.
+    assert [m.step for m in history] == [1]
     previous = second_round.data.params["tuner.trial_id"]
     assert (
         tmp_path / "tuning" / "tune-test" / "search" / f"trial_{previous}" / "weights.weights.h5"
@@ -320,8 +316,13 @@ def test_kills_during_the_best_retraining_and_its_registration_leave_one_version
     search = write_search(tmp_path, max_trials=1)
     search.write_text(search.read_text().replace("best_epochs: 1", "best_epochs: 3"))
     command = ("tune", "--config", str(search))
-    CliProcess(*command, cwd=tmp_path).kill_when(best_epochs_logged, "a retraining epoch")
-    CliProcess(*command, cwd=tmp_path).kill_when(best_finished, "a finished retraining")
+    # Each process is watched closely only from the retraining's announcement on.
+    first = CliProcess(*command, cwd=tmp_path)
+    first.read_until("MLflow run ")
+    first.kill_when(best_epochs_logged, "a retraining epoch")
+    second = CliProcess(*command, cwd=tmp_path)
+    second.read_until("MLflow run ")
+    second.kill_when(best_finished, "a finished retraining")
     result = invoke_cli(*command)
     assert result.exit_code == 0, result.output[-3000:]
     (best,) = runs_by_kind("best")

@@ -75,14 +75,16 @@ def trial_runs() -> list:
     return [run for run in all_runs("distributed-test") if run.data.tags["digitml.kind"] == "trial"]
 
 
-def trial_in_its_first_epoch(worker_id: str) -> str | None:
-    """The run id of a trial `worker_id` runs, once it has logged its first epoch (of two)."""
+def running_trial(worker_id: str) -> str | None:
+    """The run id of a trial `worker_id` is running, if any."""
     for run in trial_runs():
-        mine = run.data.tags.get("digitml.tuner_id") == worker_id
-        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")
-        if mine and len(history) == 1:
+        if run.data.tags.get("digitml.tuner_id") == worker_id and run.info.status == "RUNNING":
             return run.info.run_id
     return None
+
+
+def epochs_logged(run_id: str) -> int:
+    return len(mlflow.MlflowClient().get_metric_history(run_id, "val_accuracy"))
 
 
 def test_a_team_search_and_two_trainings_share_one_postgresql_store(tracking_server, tmp_path):
@@ -94,7 +96,10 @@ def test_a_team_search_and_two_trainings_share_one_postgresql_store(tracking_ser
     trainings = [start_digits_training(tmp_path, TRAINING_EPOCHS, "team-trainings") for _ in "ab"]
     processes = [chief, *workers, *trainings]
     try:
-        interrupted = workers[0].kill_when(lambda: trial_in_its_first_epoch("w1"), "a w1 epoch")
+        # Killed once the trial w1 runs has logged its first epoch (of two): the trial is found
+        # at a leisurely pace, then its epochs watched closely.
+        interrupted = workers[0].wait_for(lambda: running_trial("w1"), "a w1 trial", interval=0.25)
+        workers[0].kill_when(lambda: epochs_logged(interrupted) == 1, "w1's first epoch")
         processes.append(start_worker(tmp_path, oracle, "w1"))  # the same id: it holds the trial
         for process in processes:
             if process is not workers[0]:
