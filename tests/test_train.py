@@ -29,7 +29,15 @@ def trained_while_global_policy_set(precision: str, epochs: int, limit: int | No
     `precision` while the global dtype policy was another one: (result, splits, the
     convolutions' compute dtypes seen while it trained, the global policy right after)."""
     config = load_config(
-        "fast", {"dataset": "digits", "epochs": epochs, "members": 2, "precision": precision}
+        "fast",
+        # Batches of 64: enough steps to learn in one epoch on 300 images, whatever fast's own.
+        {
+            "dataset": "digits",
+            "epochs": epochs,
+            "members": 2,
+            "precision": precision,
+            "batch_size": 64,
+        },
     )
     splits = make_splits(load_digits(), config.val_fraction, config.seed, limit=limit)
     seen: list[set[str]] = []
