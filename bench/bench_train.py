@@ -32,7 +32,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 class Recipe:
     seeds: tuple[int, ...]
     target: str  # as the README states it
-    met: Callable[[list[float], list[float]], bool]  # (seconds, accuracies) -> target met
+    # (seconds, accuracies) -> whether the target is met; None for a reference without one
+    met: Callable[[list[float], list[float]], bool] | None = None
 
 
 RECIPES = {
@@ -41,7 +42,7 @@ RECIPES = {
         "every seed ≥ 99.0 %, median fit ≤ 5.0 s",
         lambda seconds, accuracies: min(accuracies) >= 0.99 and statistics.median(seconds) <= 5.0,
     ),
-    "baseline": Recipe((42,), "reference stage 1", lambda seconds, accuracies: True),
+    "baseline": Recipe((42,), "reference stage 1 (no target)"),
     "default": Recipe(
         (42, 1, 2),
         "median ≥ 99.70 %, every seed ≥ 99.65 %, each ≤ 15 min",
@@ -79,11 +80,13 @@ def recipe_row(config: str, store_dir: str) -> str:
     per_seed = ", ".join(
         f"{seed}: {s:.1f} s / {a:.2%}" for seed, (s, a) in zip(recipe.seeds, runs, strict=True)
     )
-    verdict = "met" if recipe.met(seconds, accuracies) else "**missed**"
+    target = recipe.target
+    if recipe.met is not None:
+        target += ": met" if recipe.met(seconds, accuracies) else ": **missed**"
     return (
         f"| {config} | {per_seed} | {statistics.median(seconds):.1f} | "
         f"{statistics.median(accuracies):.2%} | {(max(accuracies) - min(accuracies)) * 100:.2f} | "
-        f"{recipe.target}: {verdict} | {measured_where()} |"
+        f"{target} | {measured_where()} |"
     )
 
 
