@@ -122,15 +122,27 @@ def training_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
 
 
 class EpochBackup(keras.callbacks.BackupAndRestore):
-    """Keras' backup of every epoch, for resuming. With `double_checkpoint` the previous epoch's
-    copy is kept, and used when a kill cut the newer one short; when the only copy is cut short
-    (a kill during the first epoch's backup), training starts over instead of failing."""
+    """Keras' backup of every epoch, for resuming, and what a kill during a backup leaves.
+
+    Keras writes an epoch's weights, then its record (`{"epoch": N, "batch": 0}`), after copying
+    both earlier files aside (`double_checkpoint`). Weights cut short: Keras falls back on the
+    previous epoch's copy; with none (a kill during the first backup), training starts over. A
+    record cut short (Keras fails on it): the weights beside it are whole, and their epoch is the
+    one after the previous record's, so the record is written again."""
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         try:
             super().on_train_begin(logs)
-        except OSError:  # HDF5's "unable to open file": the file is cut short
+        except OSError:  # HDF5's "unable to open file": the only weights are cut short
             shutil.rmtree(self.backup_dir, ignore_errors=True)
+        except json.JSONDecodeError:
+            self._rewrite_epoch_record()
+            super().on_train_begin(logs)
+
+    def _rewrite_epoch_record(self) -> None:
+        previous = Path(self._prev_training_metadata_path)
+        epoch = json.loads(previous.read_text())["epoch"] + 1 if previous.is_file() else 1
+        Path(self._training_metadata_path).write_text(json.dumps({"epoch": epoch, "batch": 0}))
 
 
 class EpochLinePrinter(keras.callbacks.Callback):

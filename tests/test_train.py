@@ -1,6 +1,8 @@
 """Training: in bfloat16 (a float32 model out, nothing left global), ensembles side by side,
 from given weights, and the loss with label smoothing."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import pytest
 from digitml.config import load_config
 from digitml.data import load_digits, make_splits
 from digitml.precision import dtype_policy, leaf_layers
-from digitml.train import Crossentropy, predict_probabilities, train_model
+from digitml.train import TRAINED_WEIGHTS, Crossentropy, predict_probabilities, train_model
 
 
 def compute_dtypes(model: keras.Model) -> set[str]:
@@ -161,3 +163,24 @@ def test_label_smoothing_caps_the_networks_confidence():
         model = train_model(config, splits, progress="none").model
         peaks[smoothing] = predict_probabilities(model, splits.train_images).max(axis=1).mean()
     assert peaks[0.0] > 0.97 and peaks[0.2] < 0.9
+
+
+@pytest.mark.parametrize("epochs_backed_up", [1, 2])
+def test_a_backup_whose_epoch_record_was_cut_short_resumes_after_that_epoch(
+    tmp_path, epochs_backed_up
+):
+    """A kill while Keras wrote an epoch's record (after that epoch's weights) leaves it empty,
+    with (epoch 2) or without (epoch 1) the previous epoch's copy beside it: the resume goes on
+    after that epoch, neither failing nor starting over."""
+    config = load_config(
+        "fast", {"dataset": "digits", "epochs": epochs_backed_up, "batch_size": 64}
+    )
+    splits = make_splits(load_digits(), config.val_fraction, config.seed)
+    backup = tmp_path / "backup"
+    train_model(config, splits, backup_dir=backup, progress="none")
+    (backup / TRAINED_WEIGHTS).unlink()  # as if killed before the fit ended
+    (backup / "training_metadata.json").write_text("")  # and while the record was written
+    resumed = train_model(
+        dataclasses.replace(config, epochs=3), splits, backup_dir=backup, progress="none"
+    )
+    assert len(resumed.history["loss"]) == 3 - epochs_backed_up
