@@ -217,11 +217,8 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     except DataError as error:
         raise click.ClickException(str(error)) from error
     except OSError as error:
-        full = _out_of_space(error)
-        if full is None:
-            raise
-        then = _how_to_continue("FAILED", first="free some space, then ")
-        raise click.ClickException(f"{full}; {then}") from error
+        _refuse_if_out_of_space(error, _how_to_continue("FAILED", first="free some space, then "))
+        raise
     except KeyboardInterrupt:
         click.echo(f"Interrupted; {_how_to_continue('KILLED')}", err=True)
         sys.exit(130)
@@ -244,13 +241,15 @@ def _how_to_continue(ended_as: str, first: str = "") -> str:
     )
 
 
-def _out_of_space(error: OSError) -> str | None:
-    """'no space left on the device' (naming the file, where known) if `error` says the disk or
-    the user's quota is full, else None. HDF5 (Keras' weight files) says so in its message only."""
+def _refuse_if_out_of_space(error: OSError, then: str) -> None:
+    """If `error` says the disk or the user's quota is full: a one-line ClickException saying so
+    (naming the file, where known) and what to do `then`. HDF5 (Keras' weight files) says so in
+    its message only."""
     if error.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(error):
-        return None
+        return
     written = error.filename2 or error.filename  # a failed copy names its source, then its target
-    return "no space left on the device" + (f" writing {written}" if written else "")
+    where = f" writing {written}" if written else ""
+    raise click.ClickException(f"no space left on the device{where}; {then}") from error
 
 
 def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -347,12 +346,10 @@ def tune(
         click.echo(f"{search.tuner_id}: {ended}")
         return
     except OSError as error:
-        full = _out_of_space(error)
-        if full is None:
-            raise
-        raise click.ClickException(
-            f"{full}: free some space, then run the same command again to resume the search"
-        ) from error
+        _refuse_if_out_of_space(
+            error, "free some space, then run the same command again to resume the search"
+        )
+        raise
     except KeyboardInterrupt:
         click.echo("Interrupted; run the same command again to resume the search", err=True)
         sys.exit(130)
