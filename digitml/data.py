@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,15 +259,18 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 def make_splits(
     data: DigitData, val_fraction: float, seed: int, limit: int | None = None
 ) -> Splits:
-    """Seeded, stratified train/validation split of the (optionally limited) training set."""
+    """Seeded, stratified train/validation split of the (optionally limited) training set. The
+    validation set holds at least one image of each digit (a small fraction of a small `limit`
+    would hold fewer, which a stratified split refuses)."""
     from sklearn.model_selection import train_test_split
 
     images, labels = data.train_images, data.train_labels
     if limit is not None and limit < len(labels):
         chosen = balanced_subset(labels, limit, seed)
         images, labels = images[chosen], labels[chosen]
+    val_size = max(math.ceil(val_fraction * len(labels)), NUM_CLASSES)
     train_x, val_x, train_y, val_y = train_test_split(
-        images, labels, test_size=val_fraction, random_state=seed, stratify=labels
+        images, labels, test_size=val_size, random_state=seed, stratify=labels
     )
     return Splits(data, train_x, train_y, val_x, val_y)
 

@@ -194,6 +194,18 @@ def test_splits_are_seeded_shuffled_and_stratified():
     assert np.bincount(first.val_labels).min() >= 10
 
 
+@pytest.mark.parametrize(
+    "val_fraction, limit, val_size", [(0.02, 300, 10), (0.1, 20, 10), (0.1, 300, 30)]
+)
+def test_a_small_validation_share_still_holds_every_digit(val_fraction, limit, val_size):
+    """The default recipe holds out 2 %: of `--limit 300`, 6 images, fewer than the ten digits a
+    stratified split needs. The split takes one of each then; a larger share stays as asked."""
+    splits = make_splits(load_digits(), val_fraction, seed=1, limit=limit)
+    assert len(splits.val_labels) == val_size
+    assert len(splits.train_labels) == limit - val_size
+    assert set(splits.val_labels.tolist()) == set(range(10))
+
+
 def test_limit_keeps_the_full_test_set(mnist):
     splits = make_splits(mnist, 0.1, seed=1, limit=500)
     assert len(splits.train_labels) + len(splits.val_labels) == 500
