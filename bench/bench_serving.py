@@ -8,7 +8,8 @@ the default recipe's model (`runs:/RUN_ID/model`, `models:/digit-classifier@cham
 README's figures. Images are made here from MNIST test digits (tests/drawings.py): 28x28 PNGs,
 1050x800 canvas PNGs, 3000x4000 phone-photo JPEGs and 64x64 RGBA icons.
 
-Prints one markdown table: per kind, p50/p99 of one-image requests (sequential) and images/s in
+Prints the model's own latency in-process (one 28x28 PNG per `predict`, no server), then one
+markdown table: per kind, p50/p99 of one-image requests (sequential) and images/s in
 batches of 64; a batch of 200 canvas PNGs; 8 clients sending one canvas PNG per request for
 --load-seconds; 28x28 `pixels` in batches of 256 beside the model's own in-process rate.
 Run it alone on the machine: anything else running changes every figure.
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from drawings import canvas_png, icon_png, mnist_png, photo_jpeg  # noqa: E402
@@ -48,6 +50,7 @@ BIG_BATCH = 200
 PIXELS_BATCH = 256
 PIXELS_REQUESTS = 20
 CLIENTS = 8
+IN_PROCESS_CALLS = 512
 
 
 def image_records(files: list[bytes]) -> str:
@@ -127,6 +130,19 @@ def in_process_rate(path: str, images: np.ndarray) -> float:
     return PIXELS_BATCH * PIXELS_REQUESTS / (time.perf_counter() - started)
 
 
+def in_process_latencies(path: str, files: list[bytes]) -> list[float]:
+    """Seconds of the served model's own `predict` (the pyfunc, no server) on one 28x28 PNG each
+    call: what the model costs per image before MLflow's server adds its share."""
+    model = mlflow.pyfunc.load_model(path)
+    model.predict(pd.DataFrame({"image": files[:1]}))
+    latencies = []
+    for data in files * (IN_PROCESS_CALLS // len(files)):
+        started = time.perf_counter()
+        model.predict(pd.DataFrame({"image": [data]}))
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 def train_reference_model(store: str) -> str:
     from digitml.config import load_config
     from digitml.training_run import run_training
@@ -161,9 +177,13 @@ def main() -> None:
             model_uri = train_reference_model(store)
         path = mlflow.artifacts.download_artifacts(model_uri)
         keras_rate = in_process_rate(path, digits)
+        p50, p99 = percentiles(
+            in_process_latencies(path, [mnist_png(digit) for digit in digits[:BATCH]])
+        )
         server = ModelServer(path, workers=args.workers)
         try:
-            print(f"model {model_uri}, {args.workers} worker(s)\n")
+            print(f"model {model_uri}, {args.workers} worker(s)")
+            print(f"in-process, one 28x28 PNG per predict: p50 {p50:.1f} ms, p99 {p99:.1f} ms\n")
             row(
                 "input", "p50 one image (ms)", "p99 one image (ms)", f"images/s, batches of {BATCH}"
             )
