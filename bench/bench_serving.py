@@ -119,21 +119,20 @@ def load(server: ModelServer, bodies: list[str], seconds: float) -> tuple[int, i
     return len(latencies), errors[0], latencies
 
 
-def in_process_rate(path: str, images: np.ndarray) -> float:
+def in_process_rate(model: mlflow.pyfunc.PyFuncModel, images: np.ndarray) -> float:
     """Images/s of the served model's own Keras network on 28x28 batches (`predict_on_batch`)."""
-    model = mlflow.pyfunc.load_model(path).unwrap_python_model().model
+    network = model.unwrap_python_model().model
     batch = images[:PIXELS_BATCH, ..., np.newaxis].astype(np.float32) / 255
-    model.predict_on_batch(batch)
+    network.predict_on_batch(batch)
     started = time.perf_counter()
     for _ in range(PIXELS_REQUESTS):
-        model.predict_on_batch(batch)
+        network.predict_on_batch(batch)
     return PIXELS_BATCH * PIXELS_REQUESTS / (time.perf_counter() - started)
 
 
-def in_process_latencies(path: str, files: list[bytes]) -> list[float]:
+def in_process_latencies(model: mlflow.pyfunc.PyFuncModel, files: list[bytes]) -> list[float]:
     """Seconds of the served model's own `predict` (the pyfunc, no server) on one 28x28 PNG each
     call: what the model costs per image before MLflow's server adds its share."""
-    model = mlflow.pyfunc.load_model(path)
     model.predict(pd.DataFrame({"image": files[:1]}))
     latencies = []
     for data in files * (IN_PROCESS_CALLS // len(files)):
@@ -176,9 +175,10 @@ def main() -> None:
             mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
             model_uri = train_reference_model(store)
         path = mlflow.artifacts.download_artifacts(model_uri)
-        keras_rate = in_process_rate(path, digits)
+        model = mlflow.pyfunc.load_model(path)
+        keras_rate = in_process_rate(model, digits)
         p50, p99 = percentiles(
-            in_process_latencies(path, [mnist_png(digit) for digit in digits[:BATCH]])
+            in_process_latencies(model, [mnist_png(digit) for digit in digits[:BATCH]])
         )
         server = ModelServer(path, workers=args.workers)
         try:
