@@ -10,7 +10,13 @@ import pytest
 from digitml.config import load_config
 from digitml.data import load_digits, make_splits
 from digitml.precision import dtype_policy, leaf_layers
-from digitml.train import TRAINED_WEIGHTS, Crossentropy, predict_probabilities, train_model
+from digitml.train import (
+    TRAINED_WEIGHTS,
+    Crossentropy,
+    predict_probabilities,
+    train_model,
+    training_dataset,
+)
 
 
 def compute_dtypes(model: keras.Model) -> set[str]:
@@ -113,6 +119,20 @@ def test_ensemble_reports_the_averaged_accuracy_per_epoch(ensemble_training):
         predict_probabilities(result.model, splits.test_images).argmax(axis=1) == splits.test_labels
     ).mean()
     assert test_accuracy > 0.9
+
+
+def test_augmented_batches_repeat_exactly_from_the_seed():
+    """The same seed gives the same training, augmentation included: the random transforms are
+    drawn batch after batch in order (a parallel map drew them in whichever order its calls ran,
+    so the default recipe's seed 42 scored 99.67 % one run and 99.69 % the next)."""
+    config = load_config("default", {"dataset": "digits", "batch_size": 16})
+    splits = make_splits(load_digits(), config.val_fraction, config.seed)
+    first, again = (
+        [np.asarray(images) for images, _ in training_dataset(splits, config)] for _ in range(2)
+    )
+    assert len(first) > 50 and config.augmentation.enabled
+    for batch, same_batch in zip(first, again, strict=True):
+        np.testing.assert_array_equal(batch, same_batch)
 
 
 def test_training_starts_from_given_weights(tmp_path):
