@@ -115,6 +115,15 @@ class ReduceLROnPlateauConfig:
 
 
 @dataclass
+class MemberGroup:
+    """Copies of one more architecture in a mixed ensemble (`TrainConfig.other_members`)."""
+
+    model: str = ""
+    model_params: dict[str, Any] = field(default_factory=dict)
+    members: int = 1
+
+
+@dataclass
 class TrainConfig:
     """Everything that determines a training run; logged whole as the run's `config.yaml`."""
 
@@ -122,6 +131,9 @@ class TrainConfig:
     model: str = "baseline"
     model_params: dict[str, Any] = field(default_factory=dict)
     members: int = 1  # more than 1: an ensemble of that many copies, trained side by side
+    # Members of other architectures trained beside them (a mixed ensemble: networks of different
+    # shapes share fewer mistakes than copies of one): [{model, model_params, members}, ...]
+    other_members: list[MemberGroup] = field(default_factory=list)
     label_smoothing: float = 0.0  # cross-entropy target: 1 - s on the label, s over all classes
     epochs: int = 10
     batch_size: int = 64
@@ -138,6 +150,25 @@ class TrainConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     early_stopping: EarlyStoppingConfig | None = None
     reduce_lr: ReduceLROnPlateauConfig | None = None
+
+    @property
+    def member_groups(self) -> list[MemberGroup]:
+        """The `members` copies of `model`, then the other architectures."""
+        return [MemberGroup(self.model, self.model_params, self.members), *self.other_members]
+
+    @property
+    def architectures(self) -> list[tuple[str, dict[str, Any]]]:
+        """(model, model_params) of every member, in order: one entry for a single network."""
+        groups = self.member_groups
+        return [(group.model, group.model_params) for group in groups for _ in range(group.members)]
+
+    @property
+    def ensemble_label(self) -> str:
+        """The networks as a person scans them: `small`, `small×3`, `small×4+stem×2`."""
+        return "+".join(
+            group.model + (f"×{group.members}" if group.members > 1 else "")
+            for group in self.member_groups
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -198,9 +229,21 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
     for key, nested_type in _NESTED.items():
         if key in values and values[key] is not None:
             values[key] = _nested(nested_type, values[key], f"{source}: {key}")
+    if values.get(OTHER_MEMBERS) is not None:
+        values[OTHER_MEMBERS] = _member_groups(values[OTHER_MEMBERS], f"{source}: {OTHER_MEMBERS}")
     config = TrainConfig(**values)
     validate(config)
     return config
+
+
+def _member_groups(raw: Any, where: str) -> list[MemberGroup]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of {{model, model_params, members}}")
+    groups = [_nested(MemberGroup, entry, f"{where}[{index}]") for index, entry in enumerate(raw)]
+    for index, group in enumerate(groups):
+        if not group.model:
+            raise ConfigError(f"{where}[{index}]: missing 'model'")
+    return groups
 
 
 def _nested(nested_type: type, raw: Any, where: str) -> Any:
@@ -239,11 +282,14 @@ def validate(config: TrainConfig) -> None:
     console.load_tensorflow()
     from digitml.models import MODEL_NAMES, check_model_params
 
-    _check_choice("model", config.model, MODEL_NAMES)
-    try:
-        check_model_params(config.model, config.model_params)
-    except ValueError as error:
-        raise ConfigError(f"model_params: {error}") from error
+    wheres = ["", *(f"{OTHER_MEMBERS}[{i}]." for i in range(len(config.other_members)))]
+    for where, group in zip(wheres, config.member_groups, strict=True):
+        _check_choice(f"{where}model", group.model, MODEL_NAMES)
+        _check_bound(f"{where}members", group.members, BOUNDS["members"])
+        try:
+            check_model_params(group.model, group.model_params)
+        except ValueError as error:
+            raise ConfigError(f"{where}model_params: {error}") from error
 
 
 def _check_settings(config: Any, keys: tuple[str, ...]) -> None:
@@ -342,6 +388,7 @@ def validate_tune(config: TuneConfig) -> None:
 
 
 MODEL_PARAMS = "model_params"
+OTHER_MEMBERS = "other_members"
 
 
 def check_path(path: str, where: str) -> None:
@@ -353,7 +400,8 @@ def check_path(path: str, where: str) -> None:
         return
     if key and section in _NESTED and key in field_names(_NESTED[section]):
         return
-    if not key and path in field_names(TrainConfig) and path not in (*_NESTED, MODEL_PARAMS):
+    sections = (*_NESTED, MODEL_PARAMS, OTHER_MEMBERS)
+    if not key and path in field_names(TrainConfig) and path not in sections:
         return
     raise ConfigError(f"{where}: '{path}' is not a setting of the training config{_hint(path)}")
 

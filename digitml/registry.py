@@ -61,13 +61,12 @@ def describe(name: str, version: str, run_id: str) -> None:
         client.update_registered_model(name, description=MODEL_DESCRIPTION)
     run = client.get_run(run_id)
     params, metrics = run.data.params, run.data.metrics
-    members = f" x{params['members']}" if params.get("members", "1") != "1" else ""
     accuracy = metrics.get("test_accuracy")
     client.update_model_version(
         name,
         version,
         description=(
-            f"Recipe '{run.data.tags.get('config', '?')}': {params.get('model', '?')}{members}, "
+            f"Recipe '{run.data.tags.get('config', '?')}': {params.get('ensemble', '?')}, "
             f"{params.get('epochs', '?')} epochs, seed {params.get('seed', '?')}, trained on "
             f"{params.get('dataset', '?')}"
             + (f"; test accuracy {accuracy:.4f}" if accuracy is not None else "")

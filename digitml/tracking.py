@@ -72,6 +72,9 @@ def flat_params(config: TrainConfig) -> dict[str, Any]:
     for key, value in config.to_dict().items():
         if key == "model_params":
             params.update({f"model_params.{name}": v for name, v in value.items()})
+        elif key == "other_members":  # a mixed ensemble's other architectures, whole
+            if value:
+                params[key] = json.dumps(value, separators=(",", ":"))
         elif isinstance(value, dict):
             params[key] = "true"
             params.update({f"{key}.{name}": v for name, v in value.items()})
@@ -80,6 +83,7 @@ def flat_params(config: TrainConfig) -> dict[str, Any]:
         elif value is not None:  # unset (data_dir, limit): no param rather than 'None'
             params[key] = value
     params["augmentation"] = str(config.augmentation.enabled).lower()
+    params["ensemble"] = config.ensemble_label
     return params
 
 

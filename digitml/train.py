@@ -188,7 +188,7 @@ def train_model(
         return TrainResult(float32_model(averaged(model)), {}, seconds)
     if initial_weights is not None:
         model.load_weights(initial_weights)
-    loss, accuracy = training_objective(config.members, config.label_smoothing)
+    loss, accuracy = training_objective(len(config.architectures), config.label_smoothing)
     model.compile(
         optimizer=make_optimizer(config, len(splits.train_labels)), loss=loss, metrics=[accuracy]
     )
@@ -226,9 +226,10 @@ def keep_fitted(model: keras.Model, seconds: float, path: Path) -> None:
 
 
 def build_network(config: TrainConfig) -> keras.Model:
-    """The configured architecture, or `members` copies of it side by side (an ensemble)."""
-    networks = [build_model(config.model, config.model_params) for _ in range(config.members)]
-    return networks[0] if config.members == 1 else side_by_side(networks)
+    """The configured architecture, or its members side by side (an ensemble): `members` copies of
+    it, then any `other_members`."""
+    networks = [build_model(model, params) for model, params in config.architectures]
+    return networks[0] if len(networks) == 1 else side_by_side(networks)
 
 
 def training_objective(members: int, label_smoothing: float) -> tuple[Any, Any]:

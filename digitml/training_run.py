@@ -86,10 +86,9 @@ def run_training(
 
 
 def training_run_name(config: TrainConfig) -> str:
-    """Recipe, network, ensemble size and seed, as a person scans a list of runs:
-    `default-small×3-s42`, `fast-stem-s1`."""
-    members = f"×{config.members}" if config.members > 1 else ""
-    return f"{config.name}-{config.model}{members}-s{config.seed}"
+    """Recipe, networks and seed, as a person scans a list of runs: `default-small×3-s42`,
+    `fast-stem-s1`, `record-small×4+stem×2-s42`."""
+    return f"{config.name}-{config.ensemble_label}-s{config.seed}"
 
 
 def resumable_config(run_id: str, data_dir: str | None = None) -> TrainConfig:

@@ -2,7 +2,16 @@ import pytest
 
 from digitml.config import EXPERIMENTS_DIR, ConfigError, load_config, load_tune_config
 
-REFERENCE_CONFIGS = ["baseline", "callbacks", "regularized", "tuned", "resnet", "default", "fast"]
+REFERENCE_CONFIGS = [
+    "baseline",
+    "callbacks",
+    "regularized",
+    "tuned",
+    "resnet",
+    "default",
+    "fast",
+    "record",
+]
 
 
 @pytest.mark.parametrize("name", REFERENCE_CONFIGS)
@@ -57,6 +66,22 @@ def test_another_model_drops_the_files_model_params():
     assert load_config("default", {"model": "small"}).model_params == load_config().model_params
 
 
+def test_a_mixed_ensemble_lists_every_members_architecture_in_order():
+    config = load_config(
+        "default",
+        {"members": 2, "other_members": [{"model": "stem", "model_params": {"stem_filters": 8}}]},
+    )
+    small = load_config("default").model_params
+    assert config.architectures == [
+        ("small", small),
+        ("small", small),
+        ("stem", {"stem_filters": 8}),
+    ]
+    assert config.ensemble_label == "small×2+stem"
+    assert load_config("fast").architectures == [("small", {})]
+    assert load_config("fast").ensemble_label == "small"
+
+
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: baseline\nepochz: 3\n")
@@ -87,6 +112,15 @@ def test_unknown_nested_key_is_named(tmp_path):
         ({"label_smoothing": -0.1}, "label_smoothing"),
         ({"label_smoothing": True}, "label_smoothing"),
         ({"model_params": {"heads": 4}}, "heads"),
+        ({"other_members": "stem"}, "other_members: expected a list"),
+        ({"other_members": [{"members": 2}]}, r"other_members\[0\]: missing 'model'"),
+        ({"other_members": [{"model": "stem", "copies": 2}]}, r"other_members\[0\].*'copies'"),
+        ({"other_members": [{"model": "transformer"}]}, r"other_members\[0\]\.model"),
+        ({"other_members": [{"model": "stem", "members": 0}]}, r"other_members\[0\]\.members"),
+        (
+            {"other_members": [{"model": "small"}, {"model": "stem", "model_params": {"x": 1}}]},
+            r"other_members\[1\]\.model_params: 'x'",
+        ),
     ],
 )
 def test_bad_values_are_named(override, message):

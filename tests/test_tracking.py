@@ -74,6 +74,7 @@ def test_every_resolved_hyperparameter_is_a_param(logged):
     expected = {
         "model": "baseline",
         "members": "1",
+        "ensemble": "baseline",
         "epochs": str(EPOCHS),
         "batch_size": "64",
         "optimizer": "adam",

@@ -204,3 +204,29 @@ def test_a_backup_whose_epoch_record_was_cut_short_resumes_after_that_epoch(
         dataclasses.replace(config, epochs=3), splits, backup_dir=backup, progress="none"
     )
     assert len(resumed.history["loss"]) == 3 - epochs_backed_up
+
+
+def test_a_mixed_ensemble_trains_its_architectures_side_by_side():
+    config = load_config(
+        "fast",
+        {
+            "dataset": "digits",
+            "epochs": EPOCHS,
+            "batch_size": 64,
+            "precision": "float32",
+            "other_members": [{"model": "stem", "model_params": {"stem_filters": 8}}],
+        },
+    )
+    splits = make_splits(load_digits(), config.val_fraction, config.seed)
+    result = train_model(config, splits, progress="none")
+    members = [layer for layer in result.model.layers if isinstance(layer, keras.Model)]
+    assert [member.name for member in members] == ["member_0", "member_1"]
+    first_convs = [member.layers[0] for member in members]
+    assert [(conv.filters, conv.strides) for conv in first_convs] == [(32, (2, 2)), (8, (1, 1))]
+    images = splits.test_images[:32]
+    each = [np.asarray(member.predict_on_batch(images)) for member in members]
+    np.testing.assert_allclose(
+        result.model.predict_on_batch(images), np.mean(each, axis=0), atol=1e-6
+    )
+    probabilities = predict_probabilities(result.model, splits.test_images)
+    assert (probabilities.argmax(axis=1) == splits.test_labels).mean() > 0.8  # chance: 0.1
