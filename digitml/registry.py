@@ -62,11 +62,12 @@ def describe(name: str, version: str, run_id: str) -> None:
     run = client.get_run(run_id)
     params, metrics = run.data.params, run.data.metrics
     accuracy = metrics.get("test_accuracy")
+    networks = params.get("ensemble", params.get("model", "?"))  # older runs: no ensemble param
     client.update_model_version(
         name,
         version,
         description=(
-            f"Recipe '{run.data.tags.get('config', '?')}': {params.get('ensemble', '?')}, "
+            f"Recipe '{run.data.tags.get('config', '?')}': {networks}, "
             f"{params.get('epochs', '?')} epochs, seed {params.get('seed', '?')}, trained on "
             f"{params.get('dataset', '?')}"
             + (f"; test accuracy {accuracy:.4f}" if accuracy is not None else "")

@@ -98,7 +98,9 @@ def test_promote_command_makes_the_first_candidate_champion(history):
     client = mlflow.MlflowClient()
     assert "`image`" in client.get_registered_model(NAME).description  # what it takes
     described = client.get_model_version(NAME, "1").description
-    assert "Recipe 'fast'" in described and "trained on digits; test accuracy 0." in described
+    assert (
+        "Recipe 'fast': small, " in described and "trained on digits; test accuracy 0." in described
+    )
 
 
 def test_rerunning_the_same_promotion_changes_nothing(history):
