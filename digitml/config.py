@@ -243,6 +243,7 @@ def _member_groups(raw: Any, where: str) -> list[MemberGroup]:
     for index, group in enumerate(groups):
         if not group.model:
             raise ConfigError(f"{where}[{index}]: missing 'model'")
+        _check_bound(f"{OTHER_MEMBERS}[{index}].members", group.members, BOUNDS["members"])
     return groups
 
 
@@ -285,7 +286,6 @@ def validate(config: TrainConfig) -> None:
     wheres = ["", *(f"{OTHER_MEMBERS}[{i}]." for i in range(len(config.other_members)))]
     for where, group in zip(wheres, config.member_groups, strict=True):
         _check_choice(f"{where}model", group.model, MODEL_NAMES)
-        _check_bound(f"{where}members", group.members, BOUNDS["members"])
         try:
             check_model_params(group.model, group.model_params)
         except ValueError as error:

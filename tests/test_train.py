@@ -28,6 +28,14 @@ def compute_dtypes(model: keras.Model) -> set[str]:
     }
 
 
+def members_serving_their_average(model: keras.Model, images: np.ndarray) -> list[keras.Model]:
+    """The ensemble's members, once checked that the model answers their mean on `images`."""
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    each = [np.asarray(member.predict_on_batch(images)) for member in members]
+    np.testing.assert_allclose(model.predict_on_batch(images), np.mean(each, axis=0), atol=1e-6)
+    return members
+
+
 EPOCHS = 3  # enough for over 90 % on digits, alone and as an ensemble
 GLOBAL_POLICY = "mixed_float16"  # what a notebook may have set before training
 
@@ -99,13 +107,10 @@ def test_training_leaves_the_global_dtype_policy_as_it_was(training, request):
 def test_ensemble_serves_the_average_of_its_independently_started_members(ensemble_training):
     result, splits, _, _ = ensemble_training
     model = result.model
-    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    members = members_serving_their_average(model, splits.test_images[:32])
     assert len(members) == 2 and model.output_shape == (None, 10)
     first_kernels = [member.layers[0].get_weights()[0] for member in members]
     assert not np.allclose(first_kernels[0], first_kernels[1])
-    images = splits.test_images[:32]
-    each = [np.asarray(member.predict_on_batch(images)) for member in members]
-    np.testing.assert_allclose(model.predict_on_batch(images), np.mean(each, axis=0), atol=1e-6)
 
 
 def test_ensemble_reports_the_averaged_accuracy_per_epoch(ensemble_training):
@@ -219,14 +224,9 @@ def test_a_mixed_ensemble_trains_its_architectures_side_by_side():
     )
     splits = make_splits(load_digits(), config.val_fraction, config.seed)
     result = train_model(config, splits, progress="none")
-    members = [layer for layer in result.model.layers if isinstance(layer, keras.Model)]
+    members = members_serving_their_average(result.model, splits.test_images[:32])
     assert [member.name for member in members] == ["member_0", "member_1"]
     first_convs = [member.layers[0] for member in members]
     assert [(conv.filters, conv.strides) for conv in first_convs] == [(32, (2, 2)), (8, (1, 1))]
-    images = splits.test_images[:32]
-    each = [np.asarray(member.predict_on_batch(images)) for member in members]
-    np.testing.assert_allclose(
-        result.model.predict_on_batch(images), np.mean(each, axis=0), atol=1e-6
-    )
     probabilities = predict_probabilities(result.model, splits.test_images)
     assert (probabilities.argmax(axis=1) == splits.test_labels).mean() > 0.8  # chance: 0.1
