@@ -337,6 +337,9 @@ class TuneConfig:
     # only the extra epochs (Keras Tuner's way); false: it trains all its epochs from a new start.
     hyperband_continue: bool = True
     best_epochs: int | None = None
+    # Settings the best configuration's retraining takes on top of the winner's values (a
+    # partner network, `other_members`, makes the registered model a mixed ensemble).
+    best_overrides: dict[str, Any] = field(default_factory=dict)
     dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     limit: int | None = None
@@ -375,6 +378,13 @@ def validate_tune(config: TuneConfig) -> None:
             f"hyperband_continue must be true or false, got {config.hyperband_continue!r}"
         )
     config_path(config.base_config)
+    for key in ("base_overrides", "best_overrides"):
+        if not isinstance(getattr(config, key), dict):
+            raise ConfigError(
+                f"{key} must be a mapping of recipe settings, got {getattr(config, key)!r}"
+            )
+    if "epochs" in config.best_overrides:
+        raise ConfigError("best_overrides: set the retraining's epochs with best_epochs")
     if not config.search_space:
         raise ConfigError("search_space is empty: name at least one hyperparameter")
     for name, spec in config.search_space.items():

@@ -123,14 +123,53 @@ def test_time_left_counts_the_epochs_of_hyperbands_longer_rounds():
     from digitml.search.progress import trial_epochs
     from digitml.search.tuner import make_oracle
 
-    shipped = load_tune_config(TUNE_FILE)
+    hyperband = {"epochs": 18, "hyperband_factor": 3, "max_trials": 18}
+    shipped = load_tune_config(TUNE_FILE, hyperband)
     assert trial_epochs(make_oracle(shipped), shipped) == [2] * 12 + [4] * 4 + [12] * 2
-    longer = load_tune_config(TUNE_FILE, {"max_trials": 21})
+    longer = load_tune_config(TUNE_FILE, {**hyperband, "max_trials": 21})
     assert trial_epochs(make_oracle(longer), longer)[18:] == [6] * 3  # 18 / 3: next bracket
-    anew = load_tune_config(TUNE_FILE, {"hyperband_continue": False})
+    anew = load_tune_config(TUNE_FILE, {**hyperband, "hyperband_continue": False})
     assert trial_epochs(make_oracle(anew), anew) == [2] * 12 + [6] * 4 + [18] * 2
-    random = load_tune_config(TUNE_FILE, {"tuner": "random"})
+    random = load_tune_config(TUNE_FILE, {**hyperband, "tuner": "random"})
     assert trial_epochs(make_oracle(random), random) == [18] * 18
+
+
+def test_the_retraining_takes_best_overrides_on_top_of_the_winners_values(tmp_path):
+    from digitml.search.space import best_recipe
+    from digitml.search.workflow import base_recipe
+
+    path = search_file(tmp_path, "  learning_rate: {type: float, min: 0.001, max: 0.01}\n")
+    partner = {"model": "stem", "model_params": {"stem_filters": 8}, "members": 1}
+    overrides = {"other_members": [partner], "val_fraction": 0.02, "batch_size": 32}
+    search = load_tune_config(path, {"best_overrides": overrides, "best_epochs": 3})
+    retraining = best_recipe(
+        search, base_recipe(search), {"learning_rate": 0.005, "batch_size": 64}
+    )
+    assert retraining.learning_rate == 0.005 and retraining.epochs == 3
+    assert retraining.ensemble_label == "small+stem" and retraining.val_fraction == 0.02
+    assert retraining.batch_size == 32  # the file's override wins over the searched value
+
+
+@pytest.mark.parametrize(
+    "best_overrides, message",
+    [
+        ({"epochs": 3}, "best_overrides: set the retraining's epochs with best_epochs"),
+        ("stem", "best_overrides must be a mapping of recipe settings, got 'stem'"),
+    ],
+)
+def test_best_overrides_that_cannot_be_applied_are_named(best_overrides, message):
+    with pytest.raises(ConfigError) as refused:
+        load_tune_config(TUNE_FILE, {"best_overrides": best_overrides})
+    assert str(refused.value) == message
+
+
+def test_a_best_override_that_is_no_setting_is_refused_before_the_search(tracking_uri, tmp_path):
+    path = search_file(tmp_path, "  learning_rate: {type: float, min: 0.001, max: 0.01}\n")
+    path.write_text(path.read_text() + "best_overrides: {membrs: 2}\n")
+    result = invoke_cli("tune", "--config", str(path), "--dataset", "digits")
+    assert result.exit_code == 2
+    assert "best_overrides" in result.stderr and "'membrs'" in result.stderr
+    assert not (tmp_path / "tuning").exists()
 
 
 def test_time_left_is_paced_by_this_processs_own_trials():

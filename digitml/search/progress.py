@@ -30,7 +30,8 @@ def progress_line(
     A worker sees the search only through the chief: it asks for the trial's score by id
     and prints its own trials' ids instead of the overall count. The time left is estimated from
     the pace of this process's trials (`ended_at_start` had ended before it started), and
-    includes the best configuration's retraining (`retrain_epochs`).
+    includes the best configuration's retraining (`retrain_epochs`: its epochs times its networks,
+    so that a retraining with a partner network counts as the trial epochs it costs).
     """
     total = config.max_trials
     best = oracle.get_best_trials(1)

@@ -77,3 +77,12 @@ def retrain_epochs(config: TuneConfig, base: TrainConfig) -> int:
     """Epochs the best configuration is retrained for: the search's `best_epochs`, else the base
     recipe's."""
     return config.best_epochs or base.epochs
+
+
+def best_recipe(config: TuneConfig, base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """The best configuration as it is retrained: the base recipe with the winner's `values`, for
+    `retrain_epochs`, then the search's `best_overrides` (a partner network, for example)."""
+    winner = trial_config(base, values, retrain_epochs(config, base))
+    return config_from_dict(
+        {**dataclasses.asdict(winner), **config.best_overrides}, source="best_overrides"
+    )

@@ -26,7 +26,7 @@ from digitml.search import hyperband
 from digitml.search.distributed import chief_reachable
 from digitml.search.progress import ended_trials, progress_line
 from digitml.search.runs import OBJECTIVE, trial_run
-from digitml.search.space import retrain_epochs, search_space, trial_config
+from digitml.search.space import best_recipe, search_space, trial_config
 from digitml.train import train_model
 
 PROJECT_NAME = "search"
@@ -262,6 +262,7 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
         context = self.context
+        retraining = best_recipe(context.tune, context.base, {})
         line = progress_line(
             self.oracle,
             trial,
@@ -269,6 +270,6 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
             context.started,
             context.ended_at_start,
             on_worker=context.oracle_address is not None,
-            retrain_epochs=retrain_epochs(context.tune, context.base),
+            retrain_epochs=retraining.epochs * len(retraining.architectures),
         )
         print(line, flush=True)

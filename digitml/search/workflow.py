@@ -21,7 +21,7 @@ from digitml.search.distributed import (
     serve_oracle,
     tuning_folder,
 )
-from digitml.search.space import check_model_paths, retrain_epochs, trial_config
+from digitml.search.space import best_recipe, check_model_paths
 from digitml.search.tuner import DigitTuner, SearchContext, SearchEnded, TuningStateError
 from digitml.training_run import run_training
 
@@ -47,6 +47,7 @@ def run_search(
     role = role or Role()
     base = base_recipe(config)
     check_model_paths(config.search_space, base.model)
+    best_recipe(config, base, {})  # a bad best_overrides is named now, not after the search
     join_search(role)
     folder = tuning_folder(config.experiment, role, tuning_dir)
     data = load_dataset(config.dataset, config.data_dir)
@@ -87,10 +88,8 @@ def run_chief(
         if best_run is not None and best_run.info.status == "FINISHED":
             best_run_id = best_run.info.run_id
         else:  # a retraining a kill interrupted goes on in its own run, from its last epoch
-            epochs = retrain_epochs(config, base)
-            best_config = trial_config(base, best[0].hyperparameters.values, epochs)
             best_run_id = run_training(
-                best_config,
+                best_recipe(config, base, best[0].hyperparameters.values),
                 data=data,
                 resume_run_id=best_run.info.run_id if best_run else None,
                 kind="best",

@@ -197,6 +197,27 @@ def test_hyperband_rounds_continue_from_the_previous_rounds_weights(tracking_uri
     ).is_file()
 
 
+def test_the_registered_model_is_the_winner_retrained_with_its_partner(tracking_uri, tmp_path):
+    # best_overrides: the winner (a strided `small` net, as every trial trains it) is retrained
+    # beside a partner network, and that pair is what is registered and served.
+    search = write_search(tmp_path, max_trials=2)
+    partner = "best_overrides: {other_members: [{model: stem, model_params: {stem_filters: 8}}]}"
+    search.write_text(search.read_text() + partner + "\n")
+    result = invoke_cli("tune", "--config", str(search))
+    assert result.exit_code == 0, result.output[-3000:]
+    (best,) = runs_by_kind("best")
+    assert best.data.params["ensemble"] == "small+stem"
+    assert all("ensemble" not in run.data.params for run in runs_by_kind("trial"))
+    version = mlflow.MlflowClient().get_model_version_by_alias("digit-classifier", "challenger")
+    assert version.run_id == best.info.run_id
+    model = mlflow.pyfunc.load_model("models:/digit-classifier@challenger")
+    network = model.unwrap_python_model().model
+    assert [layer.name for layer in network.layers if layer.name.startswith("member_")] == [
+        "member_0",
+        "member_1",
+    ]
+
+
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(tracking_uri, tmp_path):
     # Plain SGD at a rate of 1e8 diverges to NaN: those trials must fail, the others finish.
     search = write_search(tmp_path, max_trials=3, rates="[100000000.0, 0.01]", optimizers="[sgd]")
