@@ -151,15 +151,25 @@ def test_the_retraining_takes_best_overrides_on_top_of_the_winners_values(tmp_pa
 
 
 @pytest.mark.parametrize(
-    "best_overrides, message",
+    "overrides, message",
     [
-        ({"epochs": 3}, "best_overrides: set the retraining's epochs with best_epochs"),
-        ("stem", "best_overrides must be a mapping of recipe settings, got 'stem'"),
+        (
+            {"best_overrides": {"epochs": 3}},
+            "best_overrides: set the retraining's epochs with best_epochs",
+        ),
+        (
+            {"best_overrides": "stem"},
+            "best_overrides must be a mapping of recipe settings, got 'stem'",
+        ),
+        (
+            {"base_overrides": ["model"]},
+            "base_overrides must be a mapping of recipe settings, got ['model']",
+        ),
     ],
 )
-def test_best_overrides_that_cannot_be_applied_are_named(best_overrides, message):
+def test_overrides_that_cannot_be_applied_are_named(overrides, message):
     with pytest.raises(ConfigError) as refused:
-        load_tune_config(TUNE_FILE, {"best_overrides": best_overrides})
+        load_tune_config(TUNE_FILE, overrides)
     assert str(refused.value) == message
 
 
