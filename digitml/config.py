@@ -222,6 +222,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+def with_overrides(config: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
+    """`config` with top-level settings replaced, validated; applied on the resolved config, so
+    `reduce_lr: null` switches a callback off. `source` names the overrides in errors."""
+    return config_from_dict({**dataclasses.asdict(config), **overrides}, source=source)
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
     """Build a validated TrainConfig from plain data, naming any unknown key."""
     check_keys(raw, TrainConfig, source)

@@ -19,6 +19,7 @@ from digitml.config import (
     TuneConfig,
     config_from_dict,
     set_path,
+    with_overrides,
 )
 from digitml.models import check_model_params
 
@@ -83,6 +84,4 @@ def best_recipe(config: TuneConfig, base: TrainConfig, values: dict[str, Any]) -
     """The best configuration as it is retrained: the base recipe with the winner's `values`, for
     `retrain_epochs`, then the search's `best_overrides` (a partner network, for example)."""
     winner = trial_config(base, values, retrain_epochs(config, base))
-    return config_from_dict(
-        {**dataclasses.asdict(winner), **config.best_overrides}, source="best_overrides"
-    )
+    return with_overrides(winner, config.best_overrides, "best_overrides")

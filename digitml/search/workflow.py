@@ -3,7 +3,6 @@ tested and registered as the `challenger`. One call per process, whatever its ro
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import mlflow
 
 from digitml import registry
-from digitml.config import TrainConfig, TuneConfig, config_from_dict, load_config
+from digitml.config import TrainConfig, TuneConfig, load_config, with_overrides
 from digitml.data import DigitData, Splits, load_dataset, make_splits
 from digitml.search import runs
 from digitml.search.distributed import (
@@ -114,10 +113,7 @@ def base_recipe(config: TuneConfig) -> TrainConfig:
             "experiment": config.experiment,
         },
     )
-    # Applied on the resolved config, so `reduce_lr: null` switches a callback off.
-    return config_from_dict(
-        {**dataclasses.asdict(base), **config.base_overrides}, source="base_overrides"
-    )
+    return with_overrides(base, config.base_overrides, "base_overrides")
 
 
 def run_worker(
