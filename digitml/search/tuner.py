@@ -188,6 +188,9 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
 
     def __init__(self, context: SearchContext, directory: Path) -> None:
         self.context = context
+        retraining = best_recipe(context.tune, context.base, {})
+        # What the time left counts for the retraining: its epochs times its networks.
+        self.retrain_epochs = retraining.epochs * len(retraining.architectures)
         try:
             super().__init__(
                 oracle=make_oracle(context.tune),
@@ -262,7 +265,6 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
         context = self.context
-        retraining = best_recipe(context.tune, context.base, {})
         line = progress_line(
             self.oracle,
             trial,
@@ -270,6 +272,6 @@ class DigitTuner(kt.engine.base_tuner.BaseTuner):
             context.started,
             context.ended_at_start,
             on_worker=context.oracle_address is not None,
-            retrain_epochs=retraining.epochs * len(retraining.architectures),
+            retrain_epochs=self.retrain_epochs,
         )
         print(line, flush=True)
