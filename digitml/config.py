@@ -319,8 +319,13 @@ def _check_bound(key: str, value: Any, bound: Bound) -> None:
 
 
 def _check_fraction(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    if not is_fraction(value):
         raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
+
+
+def is_fraction(value: Any) -> bool:
+    """A number in [0, 1): a rate, a share or a chance."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from conftest import invoke_cli
@@ -39,6 +40,26 @@ def test_model_params_override_the_registered_defaults():
 def test_unknown_model_param_is_rejected():
     with pytest.raises(ValueError, match="heads"):
         build_model("baseline", {"heads": 2})
+
+
+def test_erasing_blacks_out_a_patch_of_some_training_images_and_none_at_inference():
+    erasing = build_model("stem", {"erasing": 0.5}).layers[0]
+    images = np.ones((400, 28, 28, 1), "float32")
+    erased = np.asarray(erasing(images, training=True))
+    black = (erased == 0).sum(axis=(1, 2, 3))
+    patched = black > 0
+    assert 100 < patched.sum() < 300  # about half
+    assert 0.01 < black[patched].min() / 784 and black.max() / 784 < 0.15
+    assert np.array_equal(erased[~patched], images[~patched])
+    assert np.array_equal(np.asarray(erasing(images, training=False)), images)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("erasing", 1.5), ("dense_dropout", 1), ("erasing", "1")]
+)
+def test_a_rate_outside_zero_to_one_is_rejected(key, value):
+    with pytest.raises(ValueError, match=f"'{key}' must be in \\[0, 1\\), got"):
+        build_model("small", {key: value})
 
 
 def test_models_command_prints_every_architecture_with_its_count():

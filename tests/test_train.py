@@ -211,6 +211,25 @@ def test_a_backup_whose_epoch_record_was_cut_short_resumes_after_that_epoch(
     assert len(resumed.history["loss"]) == 3 - epochs_backed_up
 
 
+def test_a_network_that_trains_with_erasing_serves_unchanged_images_the_same_each_time(tmp_path):
+    config = load_config(
+        "fast",
+        {
+            "dataset": "digits",
+            "epochs": 1,
+            "precision": "float32",
+            "model_params": {"erasing": 0.5},
+        },
+    )
+    splits = make_splits(load_digits(), config.val_fraction, config.seed)
+    served = train_model(config, splits, progress="none").model
+    served.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    first = predict_probabilities(served, splits.test_images)
+    assert np.array_equal(predict_probabilities(served, splits.test_images), first)
+    np.testing.assert_allclose(predict_probabilities(loaded, splits.test_images), first, atol=1e-6)
+
+
 def test_a_mixed_ensemble_trains_its_architectures_side_by_side():
     config = load_config(
         "fast",
