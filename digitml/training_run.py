@@ -86,8 +86,8 @@ def run_training(
 
 
 def training_run_name(config: TrainConfig) -> str:
-    """Recipe, networks and seed, as a person scans a list of runs: `default-small×3-s42`,
-    `fast-stem-s1`, `record-small×4+stem×2-s42`."""
+    """Recipe, networks and seed, as a person scans a list of runs: `default-small×2+stem×2-s42`,
+    `fast-stem-s1`."""
     return f"{config.name}-{config.ensemble_label}-s{config.seed}"
 
 
