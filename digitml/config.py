@@ -164,9 +164,12 @@ class TrainConfig:
 
     @property
     def ensemble_label(self) -> str:
-        """The networks as a person scans them: `small`, `small×3`, `small×4+stem×2`."""
+        """The networks as a person scans them: `small`, `small×3`, `small×2+stem×2`; a group that
+        trains with random erasing is marked, `small×2+small-erasing×2`."""
         return "+".join(
-            group.model + (f"×{group.members}" if group.members > 1 else "")
+            group.model
+            + ("-erasing" if group.model_params.get("erasing") else "")
+            + (f"×{group.members}" if group.members > 1 else "")
             for group in self.member_groups
         )
 

@@ -82,6 +82,11 @@ def test_a_mixed_ensemble_lists_every_members_architecture_in_order():
     assert load_config("fast").ensemble_label == "small"
 
 
+def test_the_ensemble_label_marks_the_networks_that_train_with_erasing():
+    label = load_config("record").ensemble_label
+    assert label == "small×2+stem×2+small-erasing×2+stem-erasing×2"
+
+
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: baseline\nepochz: 3\n")
