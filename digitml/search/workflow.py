@@ -94,6 +94,8 @@ def run_chief(
                 kind="best",
                 run_name=f"best-{runs.trial_run_name(best[0].trial_id)}",
             ).run_id
+        # Said before registering: if the registry fails, the user knows which run to register.
+        print(f"registering run {best_run_id} as '{config.register_as}'", flush=True)
         version = registry.register_challenger(best_run_id, config.register_as)
     return SearchOutcome(parent.info.run_id, best_run_id, best[0].score, version)
 

@@ -3,6 +3,7 @@
 import io
 import json
 import shutil
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -324,26 +325,25 @@ def best_epochs_logged() -> int:
     return len(mlflow.MlflowClient().get_metric_history(best[0].info.run_id, "val_accuracy"))
 
 
-def best_finished() -> bool:
-    return [run.info.status for run in runs_by_kind("best")] == ["FINISHED"]
-
-
 def test_kills_during_the_best_retraining_and_its_registration_leave_one_version(
     tracking_uri, tmp_path
 ):
-    """Killed once the best configuration's retraining has logged an epoch (of three), then once
-    that run has finished (while it is registered, or just before), then run to the end: one
-    retraining run, each epoch once, and one registered version holding `challenger`."""
+    """Killed once the best configuration's retraining has logged an epoch (of three), then as
+    the finished run's registration begins, then run to the end: one retraining run, each epoch
+    once, and one registered version holding `challenger`."""
     search = write_search(tmp_path, max_trials=1)
     search.write_text(search.read_text().replace("best_epochs: 1", "best_epochs: 3"))
     command = ("tune", "--config", str(search))
-    # Each process is watched closely only from the retraining's announcement on.
+    # The store is polled only from the retraining's announcement on.
     first = CliProcess(*command, cwd=tmp_path)
     first.read_until("MLflow run ")
     first.kill_when(best_epochs_logged, "a retraining epoch")
     second = CliProcess(*command, cwd=tmp_path)
-    second.read_until("MLflow run ")
-    second.kill_when(best_finished, "a finished retraining")
+    # Killed on the line printed just before registering: the ~0.1 s registration and the exit
+    # after it leave a window a poll of the store can miss, not a reader of stdout.
+    second.kill_at("registering run ")
+    assert second.returncode == -signal.SIGKILL, "the process ended before the kill"
+    assert [run.info.status for run in runs_by_kind("best")] == ["FINISHED"]
     result = invoke_cli(*command)
     assert result.exit_code == 0, result.output[-3000:]
     (best,) = runs_by_kind("best")
