@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
@@ -20,13 +19,91 @@ from digitml.config import (
     DEFAULT_EXPERIMENT,
     DEFAULT_MODEL_NAME,
     WORK_DIR_VARIABLE,
-    ConfigError,
     TrainConfig,
 )
+from digitml.errors import USAGE_EXIT_CODE, UserError
 from digitml.search.distributed import DEFAULT_CHIEF_WAIT_SECONDS, DEFAULT_ORACLE, ROLES
 
 CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
 FROM_CONFIG = "from --config"
+INTERRUPTED_EXIT_CODE = 130  # a shell's, for a process ended by SIGINT
+# (ended_as, first) -> what to do next: how a command that was stopped continues (see Command)
+HowToContinue = Callable[[str, str], str]
+
+
+def run_again(ended_as: str, first: str = "") -> str:
+    """How an interrupted command continues when it keeps no state: run again."""
+    return f"{first}run the same command again"
+
+
+def resume_search(ended_as: str, first: str = "") -> str:
+    return f"{first}run the same command again to resume the search"
+
+
+def resume_training(ended_as: str, first: str = "") -> str:
+    """The resume of the run this process trained in, marked `ended_as`; or, where none was
+    started yet, the same command again."""
+    import mlflow
+
+    last = mlflow.last_active_run()
+    if last is None:
+        return run_again(ended_as, first)
+    run_id = last.info.run_id
+    return (
+        f"run {run_id} is marked {ended_as}; {first}continue with: digitml train --resume {run_id}"
+    )
+
+
+class Command(click.Command):
+    """A digitml command. The errors a user can cause end every command the same way, here: one
+    line and an exit code (2 for a setting, 1 for the rest; `digitml.errors`), MLflow's refusals
+    by their first line, a full disk by what to do; SIGTERM and Ctrl-C by `how_to_continue`, 130."""
+
+    def __init__(
+        self, *args: Any, how_to_continue: HowToContinue = run_again, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.how_to_continue = how_to_continue
+
+    def invoke(self, ctx: click.Context) -> Any:
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(f"Interrupted; {self.how_to_continue('KILLED', '')}", err=True)
+            sys.exit(INTERRUPTED_EXIT_CODE)
+        except Exception as error:
+            line = self.user_facing(error, ctx)
+            if line is None:
+                raise
+            raise line from error
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def user_facing(self, error: Exception, ctx: click.Context) -> click.ClickException | None:
+        """The one line `error` ends the command with, or None for a bug (its traceback shows)."""
+        if isinstance(error, UserError):
+            if error.exit_code == USAGE_EXIT_CODE:
+                return click.UsageError(str(error), ctx)
+            return click.ClickException(str(error))
+        mlflow_errors = sys.modules.get("mlflow.exceptions")  # none raised where not imported
+        if mlflow_errors and isinstance(error, mlflow_errors.MlflowException):
+            return click.ClickException(error.message.splitlines()[0])
+        if isinstance(error, OSError) and _out_of_space(error):
+            written = error.filename2 or error.filename  # a failed copy names source, then target
+            where = f" writing {written}" if written else ""
+            then = self.how_to_continue("FAILED", "free some space, then ")
+            return click.ClickException(f"no space left on the device{where}; {then}")
+        return None
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _out_of_space(error: OSError) -> bool:
+    """The disk or the user's quota is full. HDF5 (Keras' weight files) says so in its message only."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
 
 
 class EmptyIsUnset(click.Option):
@@ -170,17 +247,19 @@ def chosen_experiment(given: str | None, fallback: str) -> str:
     return given or named_by_environment() or fallback
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class Group(click.Group):
+    command_class = Command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True}
+)
 @click.version_option(package_name="digitml", prog_name="digitml", message="%(prog)s %(version)s")
 def cli() -> None:
     """digitml: handwritten-digit classifiers, every run tracked in MLflow."""
 
 
-@cli.command()
+@cli.command(how_to_continue=resume_training)
 @config_file_option("Recipe", "fast, baseline, ...", show_default="default.yaml")
 @overrides("model", "epochs", "batch_size", "learning_rate", "optimizer", "precision")
 @data_options()
@@ -197,59 +276,20 @@ def train(config_file: str | None, resume_run_id: str | None, **overrides: Any) 
     """Train a model and record the run in MLflow."""
     from digitml.config import load_config
 
-    try:
-        if resume_run_id:
-            config = _resumed_config(resume_run_id, config_file, overrides)
-        else:
-            config = load_config(config_file, overrides)
-            config.experiment = chosen_experiment(overrides["experiment"], config.experiment)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from error
+    if resume_run_id:
+        config = _resumed_config(resume_run_id, config_file, overrides)
+    else:
+        config = load_config(config_file, overrides)
+        config.experiment = chosen_experiment(overrides["experiment"], config.experiment)
     # Imported once the options are checked (TensorFlow takes seconds): a typo answers at once.
-    from digitml.data import DataError
     from digitml.training_run import run_training
 
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        outcome = run_training(
-            config, resume_run_id=resume_run_id, progress="bar" if sys.stdout.isatty() else "lines"
-        )
-    except DataError as error:
-        raise click.ClickException(str(error)) from error
-    except OSError as error:
-        _refuse_if_out_of_space(error, _how_to_continue("FAILED", first="free some space, then "))
-        raise
-    except KeyboardInterrupt:
-        click.echo(f"Interrupted; {_how_to_continue('KILLED')}", err=True)
-        sys.exit(130)
+    outcome = run_training(
+        config, resume_run_id=resume_run_id, progress="bar" if sys.stdout.isatty() else "lines"
+    )
     click.echo(f"run_id: {outcome.run_id}")
     click.echo(f"test_accuracy: {outcome.metrics['test_accuracy']:.4f}")
     click.echo(f"train_seconds: {outcome.train_seconds:.1f}")
-
-
-def _how_to_continue(ended_as: str, first: str = "") -> str:
-    """What became of the run this process trained in, and the command that continues it (after
-    doing `first`): a resume of that run, or the same command again where none was started yet."""
-    import mlflow
-
-    last = mlflow.last_active_run()
-    if last is None:
-        return f"{first}run the same command again"
-    run_id = last.info.run_id
-    return (
-        f"run {run_id} is marked {ended_as}; {first}continue with: digitml train --resume {run_id}"
-    )
-
-
-def _refuse_if_out_of_space(error: OSError, then: str) -> None:
-    """If `error` says the disk or the user's quota is full: a one-line ClickException saying so
-    (naming the file, where known) and what to do `then`. HDF5 (Keras' weight files) says so in
-    its message only."""
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(error):
-        return
-    written = error.filename2 or error.filename  # a failed copy names its source, then its target
-    where = f" writing {written}" if written else ""
-    raise click.ClickException(f"no space left on the device{where}; {then}") from error
 
 
 def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -260,15 +300,12 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
         dropped = (given or ["config"])[0].replace("_", "-")
         raise click.UsageError(f"--resume continues with the run's own config; drop --{dropped}")
     console.load_tensorflow()  # digitml.training_run imports Keras
-    from digitml.training_run import ResumeError, resumable_config
+    from digitml.training_run import resumable_config
 
-    try:
-        return resumable_config(run_id, data_dir=data_dir)
-    except ResumeError as error:
-        raise click.ClickException(str(error)) from error
+    return resumable_config(run_id, data_dir=data_dir)
 
 
-@cli.command()
+@cli.command(how_to_continue=resume_search)
 @config_file_option("Search", "tune, tune-reference", default="tune")
 @overrides("tuner", "max_trials", "epochs", "best_epochs")
 @data_options()
@@ -320,39 +357,19 @@ def tune(
     """Search hyperparameters with Keras Tuner; re-run the same command to resume."""
     from digitml.config import load_tune_config
 
-    try:
-        config = load_tune_config(config_file, overrides)
-        console.load_tensorflow()  # the experiment lookup (digitml.tracking) and the search use Keras
-        config.experiment = chosen_experiment(overrides["experiment"], config.experiment)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from error
-    from digitml.data import DataError
+    config = load_tune_config(config_file, overrides)
+    console.load_tensorflow()  # the experiment lookup (digitml.tracking) and the search use Keras
+    config.experiment = chosen_experiment(overrides["experiment"], config.experiment)
     from digitml.search.distributed import search_role
-    from digitml.search.tuner import SearchEnded, TuningStateError
+    from digitml.search.tuner import SearchEnded
     from digitml.search.workflow import run_search
 
-    try:
-        search = search_role(role, oracle_address, worker_id, chief_wait_seconds)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from error
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    search = search_role(role, oracle_address, worker_id, chief_wait_seconds)
     try:
         outcome = run_search(config, search, tuning_dir)
-    except (DataError, TuningStateError) as error:
-        raise click.ClickException(str(error)) from error
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from error
     except SearchEnded as ended:
         click.echo(f"{search.tuner_id}: {ended}")
         return
-    except OSError as error:
-        _refuse_if_out_of_space(
-            error, "free some space, then run the same command again to resume the search"
-        )
-        raise
-    except KeyboardInterrupt:
-        click.echo("Interrupted; run the same command again to resume the search", err=True)
-        sys.exit(130)
     if search.is_worker:
         click.echo(f"{search.tuner_id}: the search is complete")
         return
@@ -377,9 +394,8 @@ def evaluate(
     console.load_tensorflow()
     from digitml.evaluate import evaluate_model
 
-    with _user_errors():
-        experiment = chosen_experiment(experiment, DEFAULT_EXPERIMENT)
-        evaluation = evaluate_model(model_uri, dataset, data_dir, experiment)
+    experiment = chosen_experiment(experiment, DEFAULT_EXPERIMENT)
+    evaluation = evaluate_model(model_uri, dataset, data_dir, experiment)
     metrics = evaluation.metrics
     click.echo(f"model:          {model_uri}")
     click.echo(f"evaluation run: {evaluation.run_id}")
@@ -408,9 +424,8 @@ def promote(model_uri: str, experiment: str | None, **options: Any) -> None:
     console.load_tensorflow()
     from digitml.registry import promote as promote_candidate
 
-    with _user_errors():
-        experiment = chosen_experiment(experiment, DEFAULT_EXPERIMENT)
-        decision = promote_candidate(model_uri, experiment=experiment, **options)
+    experiment = chosen_experiment(experiment, DEFAULT_EXPERIMENT)
+    decision = promote_candidate(model_uri, experiment=experiment, **options)
     click.echo(decision.message)
 
 
@@ -429,8 +444,7 @@ def predict(model_uri: str, as_json: bool, images: tuple[str, ...]) -> None:
     console.load_tensorflow()
     from digitml.predict import predict_files
 
-    with _user_errors():
-        model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(model_uri)
     predictions = predict_files(model, images)
     for prediction in predictions:
         if prediction.error is not None:
@@ -443,22 +457,6 @@ def predict(model_uri: str, as_json: bool, images: tuple[str, ...]) -> None:
             click.echo(f"{prediction.path}  {prediction.digit}  {prediction.confidence:.4f}")
     if any(prediction.error is not None for prediction in predictions):
         sys.exit(1)
-
-
-@contextlib.contextmanager
-def _user_errors():
-    """Turn the errors a user can cause (bad URI, bad data) into one line and exit code 1."""
-    import mlflow
-
-    from digitml.data import DataError
-    from digitml.registry import RegistryError
-
-    try:
-        yield
-    except (ConfigError, DataError, RegistryError) as error:
-        raise click.ClickException(str(error)) from error
-    except mlflow.exceptions.MlflowException as error:
-        raise click.ClickException(error.message.splitlines()[0]) from error
 
 
 @cli.command()

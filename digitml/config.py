@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from digitml import console
+from digitml.errors import SettingError
 
 
 def _recipes_dir() -> Path:
@@ -82,7 +83,7 @@ def work_dir() -> Path:
     return Path(cache) / "digitml"
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingError, ValueError):
     """A configuration value or key is invalid; the message names it."""
 
 

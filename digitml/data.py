@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from digitml.errors import UserError
+
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 
@@ -28,7 +30,7 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed, so the digits test set never depends on the training seed
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A data file is missing, truncated, corrupted or not the official content."""
 
 

@@ -10,6 +10,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
 from digitml.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+from digitml.errors import UserError
 from digitml.evaluate import evaluate_model, scoring_data
 from digitml.imaging import MAX_IMAGE_BYTES
 from digitml.tracking import PYFUNC_MODEL_NAME
@@ -23,7 +24,7 @@ _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)(/(?P<version>\d+)|@(?P<ali
 _RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A model URI or registry state that promotion cannot work with; the message says why."""
 
 

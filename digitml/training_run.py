@@ -15,13 +15,14 @@ import yaml
 from digitml import tracking
 from digitml.config import TrainConfig, config_from_dict, work_dir
 from digitml.data import DigitData, load_dataset, make_splits
+from digitml.errors import UserError
 from digitml.precision import resolve_precision
 from digitml.train import predict_probabilities, train_model
 
 EXAMPLE_IMAGES = 5
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError):
     """The run asked for cannot be resumed; the message says why."""
 
 

@@ -220,6 +220,26 @@ def test_corrupted_data_stops_before_training_and_names_the_file(tracking_uri, t
     assert all_runs() == []
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("train", "--dataset", "digits"),
+        ("tune", "--dataset", "digits"),
+        ("evaluate", "--model-uri", "runs:/0123456789abcdef/model"),
+        ("promote", "--model-uri", "runs:/0123456789abcdef/model"),
+    ],
+)
+def test_the_same_setting_error_ends_every_command_alike(tracking_uri, command):
+    """A setting error is a usage error (exit 2) whichever command meets it: here the experiment
+    the environment names, which every command that records a run reads first."""
+    result = invoke_cli(*command, env={"MLFLOW_EXPERIMENT_ID": "424242"})
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: MLFLOW_EXPERIMENT_ID=424242: no such experiment in {tracking_uri}"
+    )
+    assert result.stderr.startswith(f"Usage: digitml {command[0]} ")
+
+
 def test_sigterm_marks_the_run_killed_and_says_how_to_resume(resumed):
     assert resumed.stopped.returncode == 130
     assert f"digitml train --resume {resumed.run_id}" in resumed.stopped.stderr

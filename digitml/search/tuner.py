@@ -22,6 +22,7 @@ import numpy as np
 from digitml import tracking
 from digitml.config import TrainConfig, TuneConfig
 from digitml.data import Splits
+from digitml.errors import UserError
 from digitml.search import hyperband
 from digitml.search.distributed import chief_reachable
 from digitml.search.progress import ended_trials, progress_line
@@ -35,7 +36,7 @@ TUNER_FILE = "{tuner_id}.json"
 ENDED = (kt.engine.trial.TrialStatus.COMPLETED, kt.engine.trial.TrialStatus.FAILED)
 
 
-class TuningStateError(RuntimeError):
+class TuningStateError(UserError):
     """The tuning folder belongs to a search this tracking store does not hold, or is damaged."""
 
 
