@@ -310,11 +310,11 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
 @overrides("tuner", "max_trials", "epochs", "best_epochs")
 @data_options()
 @overrides("limit", "register_as")
-@option(
+@from_config(
     "--tuning-dir",
     type=click.Path(file_okay=False),
-    show_default="<work dir>/tuning/<experiment>",
-    help="Folder of the tuner's state, for resuming.",
+    help="Folder of the tuner's state, for resuming (none in the file: <work dir>/tuning/"
+    "<experiment>).",
 )
 @WORK_DIR
 @overrides("seed")
@@ -347,7 +347,6 @@ def _resumed_config(run_id: str, config_file: str | None, overrides: dict[str, A
 )
 def tune(
     config_file: str | None,
-    tuning_dir: str | None,
     role: str | None,
     oracle_address: str | None,
     worker_id: str | None,
@@ -366,7 +365,7 @@ def tune(
 
     search = search_role(role, oracle_address, worker_id, chief_wait_seconds)
     try:
-        outcome = run_search(config, search, tuning_dir)
+        outcome = run_search(config, search)
     except SearchEnded as ended:
         click.echo(f"{search.tuner_id}: {ended}")
         return

@@ -35,7 +35,16 @@ SCHEDULES = ("constant", "onecycle", "cosine")
 # "auto": bfloat16 compute where the CPU multiplies bfloat16 natively (AMX, AVX512-BF16), else float32
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 TUNERS = ("hyperband", "random", "bayesian")
-SEARCH_TYPES = ("int", "float", "choice", "bool")
+# The keys each type of searched hyperparameter takes, besides `type` (Keras Tuner's Int, Float,
+# Choice and Boolean: `min` and `max` are its min_value and max_value).
+SEARCH_SPEC_KEYS = {
+    "int": ("min", "max", "step", "sampling"),
+    "float": ("min", "max", "step", "sampling"),
+    "choice": ("values",),
+    "bool": (),
+}
+SEARCH_TYPES = tuple(SEARCH_SPEC_KEYS)
+SAMPLINGS = ("linear", "log", "reverse_log")
 MIN_LIMIT = 20  # two images per class: the fewest that a stratified split can divide
 
 
@@ -316,7 +325,8 @@ def _check_settings(config: Any, keys: tuple[str, ...]) -> None:
 def _check_bound(key: str, value: Any, bound: Bound) -> None:
     kinds = (int, float) if bound.kind is float else bound.kind
     if isinstance(value, bool) or not isinstance(value, kinds):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        kind = "a number" if bound.kind is float else "a whole number"
+        raise ConfigError(f"{key} must be {kind}, got {value!r}")
     if value < bound.minimum or (bound.exclusive and value == bound.minimum):
         limit = f"greater than {bound.minimum}" if bound.exclusive else f"at least {bound.minimum}"
         raise ConfigError(f"{key} must be {limit}, got {value}")
@@ -400,16 +410,62 @@ def validate_tune(config: TuneConfig) -> None:
             )
     if "epochs" in config.best_overrides:
         raise ConfigError("best_overrides: set the retraining's epochs with best_epochs")
-    if not config.search_space:
+    if not isinstance(config.search_space, dict) or not config.search_space:
         raise ConfigError("search_space is empty: name at least one hyperparameter")
     for name, spec in config.search_space.items():
-        if not isinstance(spec, dict) or spec.get("type") not in SEARCH_TYPES:
-            raise ConfigError(f"search_space.{name}: needs type: one of {', '.join(SEARCH_TYPES)}")
-        needed = {"int": ("min", "max"), "float": ("min", "max"), "choice": ("values",)}
-        for key in needed.get(spec["type"], ()):
-            if key not in spec:
-                raise ConfigError(f"search_space.{name}: missing '{key}'")
+        check_search_spec(name, spec)
         check_path(name, f"search_space.{name}")
+
+
+def check_search_spec(name: str, spec: Any) -> None:
+    """Raise ConfigError naming what Keras Tuner would refuse in one searched hyperparameter's
+    spec (or silently ignore: a key it does not take). Whether its values make valid recipes is
+    `search.space.check_search`'s question."""
+    where = f"search_space.{name}"
+    if not isinstance(spec, dict) or spec.get("type") not in SEARCH_TYPES:
+        raise ConfigError(f"{where}: needs type: one of {', '.join(SEARCH_TYPES)}")
+    kind = spec["type"]
+    known = SEARCH_SPEC_KEYS[kind]
+    unknown = sorted(set(spec) - {"type", *known})
+    if unknown:
+        takes = f"takes {', '.join(known)}" if known else "takes no other key"
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (type {kind} {takes})")
+    if kind == "choice":
+        _check_choice_values(where, spec.get("values"))
+    elif kind in ("int", "float"):
+        _check_range(where, kind, spec)
+
+
+def _check_choice_values(where: str, values: Any) -> None:
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}: values must be a list of one or more values, got {values!r}")
+    types = {type(value) for value in values}
+    if not types <= {str, int, float, bool}:
+        raise ConfigError(f"{where}: values must be numbers, strings or true/false, got {values!r}")
+    if len(types) > 1:
+        raise ConfigError(
+            f"{where}: values must all be of one type (Keras Tuner's rule), got {values!r}: "
+            "write 1 as 1.0 among decimals"
+        )
+
+
+def _check_range(where: str, kind: str, spec: dict[str, Any]) -> None:
+    """min and max (and step) of the spec's type, min <= max, a sampling Keras Tuner knows."""
+    bound_type = Bound(int if kind == "int" else float, float("-inf"))
+    for key in ("min", "max"):
+        if key not in spec:
+            raise ConfigError(f"{where}: missing '{key}'")
+        _check_bound(f"{where}: {key}", spec[key], bound_type)
+    if spec["min"] > spec["max"]:
+        raise ConfigError(f"{where}: min {spec['min']} is greater than max {spec['max']}")
+    sampling = spec.get("sampling", "linear")
+    _check_choice(f"{where}: sampling", sampling, SAMPLINGS)
+    if sampling != "linear" and spec["min"] <= 0:
+        raise ConfigError(f"{where}: sampling {sampling} needs min above 0, got {spec['min']}")
+    if spec.get("step") is not None:
+        # A log step multiplies: it must be more than 1; a linear one adds: more than 0.
+        least = 1 if sampling != "linear" else 0
+        _check_bound(f"{where}: step", spec["step"], Bound(bound_type.kind, least, exclusive=True))
 
 
 MODEL_PARAMS = "model_params"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import keras
@@ -218,19 +218,25 @@ MODEL_DESCRIPTIONS = {
 
 
 # Builder parameters that are a rate or a chance: checked before any network is built.
-FRACTION_PARAMS = ("conv_dropout", "dense_dropout", "erasing")
+FRACTION_PARAMS = ("dropout", "conv_dropout", "dense_dropout", "erasing")
 
 
 def check_model_params(name: str, params: dict[str, Any]) -> None:
     """Raise ValueError if `params` holds a key the architecture's builder does not take, or a
     rate outside [0, 1)."""
-    builder, _ = MODELS[name]
-    accepted = inspect.signature(builder).parameters
+    check_param_names(name, params)
     for key, value in params.items():
-        if key not in accepted:
-            raise ValueError(f"'{key}' is not a parameter of {name} (takes: {', '.join(accepted)})")
         if key in FRACTION_PARAMS and not is_fraction(value):
             raise ValueError(f"'{key}' must be in [0, 1), got {value!r}")
+
+
+def check_param_names(name: str, keys: Iterable[str]) -> None:
+    """Raise ValueError naming the first of `keys` that the architecture's builder does not take."""
+    builder, _ = MODELS[name]
+    accepted = inspect.signature(builder).parameters
+    for key in keys:
+        if key not in accepted:
+            raise ValueError(f"'{key}' is not a parameter of {name} (takes: {', '.join(accepted)})")
 
 
 def build_model(name: str, params: dict[str, Any] | None = None) -> keras.Model:

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import mlflow
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,7 @@ LONGEST_MODULES = (
     "test_tune.py",
     "test_tune_distributed.py",
     "test_mlproject.py",
+    "test_shipped.py",
     "test_cli.py",
     "test_app.py",
     "test_app_browser.py",
@@ -53,6 +55,17 @@ LONGEST_MODULES = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: position for position, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def shipped_files(searches: bool) -> list[str]:
+    """The names of experiments/' training recipes, or of its searches (the files with a
+    search_space), as found there: a new file is covered without editing a test."""
+    files = sorted((REPO_ROOT / "experiments").glob("*.yaml"))
+    return [
+        path.stem
+        for path in files
+        if ("search_space" in (yaml.safe_load(path.read_text()) or {})) == searches
+    ]
 
 
 def require_mnist() -> Path:

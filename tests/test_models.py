@@ -55,11 +55,17 @@ def test_erasing_blacks_out_a_patch_of_some_training_images_and_none_at_inferenc
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("erasing", 1.5), ("dense_dropout", 1), ("erasing", "1")]
+    ("model", "key", "value"),
+    [
+        ("small", "erasing", 1.5),
+        ("small", "dense_dropout", 1),
+        ("small", "erasing", "1"),
+        ("resnet", "dropout", 1.0),
+    ],
 )
-def test_a_rate_outside_zero_to_one_is_rejected(key, value):
+def test_a_rate_outside_zero_to_one_is_rejected(model, key, value):
     with pytest.raises(ValueError, match=f"'{key}' must be in \\[0, 1\\), got"):
-        build_model("small", {key: value})
+        build_model(model, {key: value})
 
 
 def test_models_command_prints_every_architecture_with_its_count():

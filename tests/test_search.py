@@ -1,10 +1,23 @@
-"""The search's pieces in-process: search files and their config paths, the schedule the time
-left is estimated from. `tests/e2e/test_tune.py` runs whole searches as real processes."""
+"""The search's pieces in-process: search files and their config paths, the check that every
+trial a space can produce is a valid recipe, the schedule the time left is estimated from.
+`tests/e2e/test_tune.py` runs whole searches as real processes."""
 
+import itertools
+
+import keras_tuner as kt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import REPO_ROOT, invoke_cli
-from digitml.config import ConfigError, load_tune_config
+from conftest import REPO_ROOT, all_runs, invoke_cli, shipped_files
+from digitml.config import (
+    ConfigError,
+    TuneConfig,
+    load_config,
+    load_tune_config,
+    validate_tune,
+)
+from digitml.search.space import check_search, trial_config
 
 TUNE_FILE = REPO_ROOT / "experiments" / "tune.yaml"
 
@@ -61,6 +74,159 @@ def test_a_name_that_is_no_setting_is_refused_with_the_path_to_use(tmp_path, nam
     with pytest.raises(ConfigError) as refused:
         load_tune_config(path)
     assert str(refused.value) == f"search_space.{name}: {message}"
+
+
+@pytest.mark.parametrize("name", shipped_files(searches=True))
+def test_every_trial_of_a_shipped_search_is_a_valid_recipe(name):
+    from digitml.search.workflow import base_recipe
+
+    search = load_tune_config(name)
+    check_search(search, base_recipe(search))
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        (
+            "model_params.dense_dropout: {type: float, min: 0.0, max: 1.0}",
+            "search_space.model_params.dense_dropout: max 1.0: model_params: 'dense_dropout' "
+            "must be in [0, 1), got 1.0",
+        ),
+        (
+            "model_params.erasing: {type: choice, values: [0.0, 1.5]}",
+            "search_space.model_params.erasing: value 1.5: model_params: 'erasing' must be in "
+            "[0, 1), got 1.5",
+        ),
+        (
+            "learning_rate: {type: float, min: 0, max: 0.01}",
+            "search_space.learning_rate: min 0.0: learning_rate must be greater than 0, got 0.0",
+        ),
+        (  # the base recipe, fast, has a OneCycle schedule
+            "reduce_lr.factor: {type: float, min: 0.1, max: 0.5}",
+            "search_space.reduce_lr.factor: min 0.1: reduce_lr needs schedule: constant (a "
+            "schedule already sets the rate)",
+        ),
+        (
+            "batch_size: {type: int, min: 64, max: 16}",
+            "search_space.batch_size: min 64 is greater than max 16",
+        ),
+        (
+            "batch_size: {type: int, min: low, max: 64}",
+            "search_space.batch_size: min must be a whole number, got 'low'",
+        ),
+        (
+            "learning_rate: {type: float, min: 0.001, max: 0.01, sampling: logarithmic}",
+            "search_space.learning_rate: sampling must be one of linear, log, reverse_log; got "
+            "'logarithmic'",
+        ),
+        (
+            "learning_rate: {type: float, min: 0.0, max: 0.01, sampling: log}",
+            "search_space.learning_rate: sampling log needs min above 0, got 0.0",
+        ),
+        (
+            "batch_size: {type: int, min: 16, max: 64, steps: 16}",
+            "search_space.batch_size: unknown key 'steps' (type int takes min, max, step, "
+            "sampling)",
+        ),
+        (
+            "learning_rate: {type: choice, values: [0.01, 1]}",
+            "search_space.learning_rate: values must all be of one type (Keras Tuner's rule), "
+            "got [0.01, 1]: write 1 as 1.0 among decimals",
+        ),
+    ],
+)
+def test_a_space_that_can_produce_a_bad_trial_is_refused_before_anything_is_recorded(
+    tracking_uri, tmp_path, space, message
+):
+    result = invoke_cli("tune", "--config", str(search_file(tmp_path, f"  {space}\n")))
+    assert result.exit_code == 2, result.output[-2000:]
+    assert result.stderr.splitlines()[-1] == f"Error: {message}"
+    assert all_runs("digitml-tune") == [] and not (tmp_path / "tuning").exists()
+
+
+# Settings of the `fast` recipe a search may vary, each with values a recipe takes and values it
+# does not (the base recipe trains with a OneCycle schedule: reduce_lr needs a constant one).
+SEARCHED_VALUES = {
+    "learning_rate": ("float", [-0.01, 0.0, 0.001, 0.1]),
+    "batch_size": ("int", [0, 16, 64]),
+    "model_params.dense_dropout": ("float", [0.0, 0.3, 1.0]),
+    "model_params.erasing": ("float", [0.0, 0.25, 1.5]),
+    "model_params.stem_filters": ("int", [4, 8]),
+    "augmentation.rotation": ("float", [0.0, 0.1, 1.0]),
+    "reduce_lr.factor": ("float", [0.0, 0.2, 1.0]),
+    "early_stopping.patience": ("int", [-1, 0, 3]),
+    "optimizer": ("choice", ["adam", "sgd", "adagrad"]),
+    "schedule": ("choice", ["constant", "onecycle"]),
+    "model": ("choice", ["small", "stem", "nosuch"]),
+    "early_stopping.restore_best_weights": ("bool", []),
+}
+
+
+@st.composite
+def specs(draw, path: str) -> dict:
+    """A spec of `path`: a range (min above max too, log sampling too), a choice, a bool."""
+    kind, values = SEARCHED_VALUES[path]
+    if kind == "bool":
+        return {"type": "bool"}
+    if kind == "choice" or draw(st.booleans()):
+        chosen = draw(st.lists(st.sampled_from(values), min_size=1, max_size=3, unique=True))
+        return {"type": "choice", "values": chosen}
+    spec = {
+        "type": kind,
+        "min": draw(st.sampled_from(values)),
+        "max": draw(st.sampled_from(values)),
+    }
+    if draw(st.booleans()):
+        spec["sampling"] = "log"
+    return spec
+
+
+search_spaces = st.lists(
+    st.sampled_from(sorted(SEARCHED_VALUES)), min_size=1, max_size=3, unique=True
+).flatmap(lambda paths: st.fixed_dictionaries({path: specs(path) for path in paths}))
+
+
+def every_corner_trial_is_a_recipe(space: dict) -> bool:
+    """Keras Tuner takes the space, and every combination of its settings' extremes (min and
+    max, every choice) is a valid recipe: the whole product, asked without check_search."""
+    hp = kt.HyperParameters()
+    ends = []
+    for path, spec in space.items():
+        try:
+            if spec["type"] == "bool":
+                hp.Boolean(path)
+            elif spec["type"] == "choice":
+                hp.Choice(path, spec["values"])
+            else:
+                define = hp.Int if spec["type"] == "int" else hp.Float
+                define(path, spec["min"], spec["max"], sampling=spec.get("sampling", "linear"))
+        except (TypeError, ValueError):
+            return False
+        bounds = {"bool": [False, True], "choice": spec.get("values")}
+        ends.append(bounds.get(spec["type"]) or [spec["min"], spec["max"]])
+    base = load_config("fast")
+    for values in itertools.product(*ends):
+        try:
+            trial_config(base, dict(zip(space, values, strict=True)), epochs=1)
+        except ConfigError:
+            return False
+    return True
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(space=search_spaces)
+def test_a_space_is_accepted_exactly_when_every_trial_at_its_corners_is_a_recipe(space):
+    """Any other exception than a ConfigError fails this test too."""
+    from digitml.search.workflow import base_recipe
+
+    try:
+        search = TuneConfig(base_config="fast", search_space=space)
+        validate_tune(search)
+        check_search(search, base_recipe(search))
+        accepted = True
+    except ConfigError:
+        accepted = False
+    assert accepted == every_corner_trial_is_a_recipe(space)
 
 
 def test_a_model_parameter_the_base_network_lacks_is_refused_before_the_search(

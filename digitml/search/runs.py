@@ -22,6 +22,22 @@ from digitml.tracking import ending, tracked_run
 ORACLE_TAG = "digitml.oracle"
 TUNER_TAG = "digitml.tuner_id"  # on each trial run: the process that ran it
 OBJECTIVE = "val_accuracy"
+SEARCH_SPACE_PARAM = "search_space"
+# The settings that make the trials what they are, and the oracle's saved state with them: a
+# search resumes only with the same. (More trials, another retraining or registered name may be
+# asked for on a re-run.)
+SAME_SEARCH_SETTINGS = (
+    SEARCH_SPACE_PARAM,
+    "tuner",
+    "epochs",
+    "hyperband_factor",
+    "hyperband_continue",
+    "base_config",
+    "base_overrides",
+    "dataset",
+    "limit",
+    "seed",
+)
 
 
 def _child_runs(parent_run_id: str, extra_filter: str = "") -> list[mlflow.entities.Run]:
@@ -45,14 +61,37 @@ def search_run(config: TuneConfig, parent_file: Path) -> Iterator[mlflow.ActiveR
     name = config.name if config.name.startswith("tune") else f"tune-{config.name}"
     with tracked_run(config.experiment, run_name=name, tags={"digitml.kind": "tune"}) as run:
         parent_file.write_text(run.info.run_id)
-        settings = {
-            key: value
-            for key, value in dataclasses.asdict(config).items()
-            if key != "search_space" and value is not None  # unset: no param, not 'None'
-        }
-        mlflow.log_params({**settings, "search_space": json.dumps(config.search_space)})
+        mlflow.log_params(search_params(config))
         mlflow.log_text(config.to_yaml(), "tune.yaml")
         yield run
+
+
+def search_params(config: TuneConfig) -> dict[str, str]:
+    """The search's settings as its run's params: the space as JSON, unset ones left out (no
+    'None' param)."""
+    settings = dataclasses.asdict(config)
+    settings[SEARCH_SPACE_PARAM] = json.dumps(config.search_space)
+    return {key: str(value) for key, value in settings.items() if value is not None}
+
+
+def changed_setting(run_id: str, config: TuneConfig) -> str | None:
+    """What differs, among SAME_SEARCH_SETTINGS, between the search run `run_id` was started with
+    and `config` (`search_space.<name>` for a hyperparameter); None when nothing does."""
+    logged = mlflow.get_run(run_id).data.params
+    current = search_params(config)
+    for key in SAME_SEARCH_SETTINGS:
+        if logged.get(key) == current.get(key):
+            continue
+        if key != SEARCH_SPACE_PARAM or logged.get(key) is None:
+            return f"{key} ({logged.get(key, 'unset')}, now {current.get(key, 'unset')})"
+        before = json.loads(logged[key])
+        names = [
+            name
+            for name in {**before, **config.search_space}
+            if before.get(name) != config.search_space.get(name)
+        ]
+        return f"{key}.{names[0]}"
+    return None
 
 
 def run_exists(run_id: str) -> bool:

@@ -20,7 +20,7 @@ from digitml.search.distributed import (
     serve_oracle,
     tuning_folder,
 )
-from digitml.search.space import best_recipe, check_model_paths
+from digitml.search.space import best_recipe, check_search
 from digitml.search.tuner import DigitTuner, SearchContext, SearchEnded, TuningStateError
 from digitml.training_run import run_training
 
@@ -35,9 +35,7 @@ class SearchOutcome:
     model_version: str | None
 
 
-def run_search(
-    config: TuneConfig, role: Role | None = None, tuning_dir: str | Path | None = None
-) -> SearchOutcome:
+def run_search(config: TuneConfig, role: Role | None = None) -> SearchOutcome:
     """Search, record it under one parent run, then retrain, test and register the best.
 
     A search in this process alone (`role` None), the chief of a distributed search (it serves the oracle,
@@ -45,10 +43,9 @@ def run_search(
     """
     role = role or Role()
     base = base_recipe(config)
-    check_model_paths(config.search_space, base.model)
-    best_recipe(config, base, {})  # a bad best_overrides is named now, not after the search
+    check_search(config, base)  # every trial and its retraining valid, before anything is recorded
     join_search(role)
-    folder = tuning_folder(config.experiment, role, tuning_dir)
+    folder = tuning_folder(config.experiment, role, config.tuning_dir)
     data = load_dataset(config.dataset, config.data_dir)
     splits = make_splits(data, base.val_fraction, base.seed, base.limit)
     if role.is_worker:
@@ -63,11 +60,8 @@ def run_chief(
     process serves the oracle), the summary, the best configuration's retraining."""
     folder.mkdir(parents=True, exist_ok=True)
     parent_file = folder / PARENT_RUN_FILE
-    if parent_file.is_file() and not runs.run_exists(parent_file.read_text().strip()):
-        raise TuningStateError(
-            f"{folder} holds a search whose MLflow run {parent_file.read_text().strip()} is not "
-            f"in {mlflow.get_tracking_uri()}: pass another --tuning-dir, or delete it to start over"
-        )
+    if parent_file.is_file():
+        check_resumable(parent_file.read_text().strip(), config, folder)
     with runs.search_run(config, parent_file) as parent:
         if role.is_chief:
             mlflow.set_tag(runs.ORACLE_TAG, role.oracle_address)
@@ -98,6 +92,25 @@ def run_chief(
         print(f"registering run {best_run_id} as '{config.register_as}'", flush=True)
         version = registry.register_challenger(best_run_id, config.register_as)
     return SearchOutcome(parent.info.run_id, best_run_id, best[0].score, version)
+
+
+def check_resumable(run_id: str, config: TuneConfig, folder: Path) -> None:
+    """Raise TuningStateError unless the search `folder` holds (its run `run_id`) can go on with
+    `config`: its run is in this store, and its trials are the ones `config` asks for (its
+    params, which MLflow keeps unchanged, and the oracle's state hold the space it started with).
+    A changed search is refused, not restarted: its trials are not lost by a re-run."""
+    if not runs.run_exists(run_id):
+        raise TuningStateError(
+            f"{folder} holds a search whose MLflow run {run_id} is not in "
+            f"{mlflow.get_tracking_uri()}: pass another --tuning-dir, or delete it to start over"
+        )
+    changed = runs.changed_setting(run_id, config)
+    if changed is not None:
+        raise TuningStateError(
+            f"{folder} holds search run {run_id}, started with another {changed}: restore it to "
+            "resume that search, or start a new one with another --tuning-dir (or delete "
+            f"{folder})"
+        )
 
 
 def base_recipe(config: TuneConfig) -> TrainConfig:

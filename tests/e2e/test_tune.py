@@ -181,9 +181,12 @@ def test_hyperband_rounds_continue_from_the_previous_rounds_weights(tracking_uri
     # max_epochs 2, factor 2: two 1-epoch trials, then the better one goes on for one more epoch
     # from the weights it ended with (`hyperband_continue: false`, which trains both epochs again
     # from a new start, is test_search's).
+    # The tuner's state goes where the file's tuning_dir says.
     search = write_search(tmp_path, max_trials=3)
     hyperband = "tuner: hyperband\nhyperband_factor: 2\nhyperband_continue: true"
+    state = tmp_path / "state"
     search.write_text(search.read_text().replace("tuner: random", hyperband))
+    search.write_text(search.read_text() + f"tuning_dir: {state}\n")
     result = invoke_cli("tune", "--config", str(search))
     assert result.exit_code == 0, result.output[-3000:]
     trials = {run.data.tags["digitml.trial_id"]: run for run in runs_by_kind("trial")}
@@ -193,9 +196,8 @@ def test_hyperband_rounds_continue_from_the_previous_rounds_weights(tracking_uri
     # Only the extra epoch, numbered as the trial's second.
     assert [m.step for m in history] == [1]
     previous = second_round.data.params["tuner.trial_id"]
-    assert (
-        tmp_path / "tuning" / "tune-test" / "search" / f"trial_{previous}" / "weights.weights.h5"
-    ).is_file()
+    assert (state / "search" / f"trial_{previous}" / "weights.weights.h5").is_file()
+    assert not (tmp_path / "tuning").exists()
 
 
 def test_the_registered_model_is_the_winner_retrained_with_its_partner(tracking_uri, tmp_path):
@@ -261,6 +263,32 @@ def test_search_state_cut_short_is_named_instead_of_a_traceback(search, tmp_path
     assert "holds a search state file that is cut short" in result.stderr
     assert f"delete {tmp_path / 'tuning' / 'tune-test'}" in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (("[0.003, 0.01]", "[0.003, 0.03]"), "another search_space.learning_rate"),
+        (("epochs: 2", "epochs: 3"), "another epochs (2, now 3)"),
+    ],
+)
+def test_a_search_resumed_with_other_trials_is_refused_naming_what_changed(
+    search, tmp_path, change, named
+):
+    """The run's params and the oracle's state hold the search it started as: refused, with the
+    ways on, rather than resumed as if it were the same search."""
+    copied_search(search, tmp_path)
+    changed = tmp_path / "search.yaml"
+    changed.write_text((search.folder / "search.yaml").read_text().replace(*change))
+    with tracking_at(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path):
+        before = {run.info.run_id: run.info.status for run in all_runs("tune-test")}
+        result = invoke_cli("tune", "--config", str(changed))
+        after = {run.info.run_id: run.info.status for run in all_runs("tune-test")}
+    assert result.exit_code == 1
+    (parent,) = [run_id for run_id in before if run_id in result.stderr]
+    assert f"search run {parent}, started with {named}: restore it" in result.stderr
+    assert "another --tuning-dir" in result.stderr
+    assert after == before
 
 
 def edit_json(path: Path, change) -> None:
