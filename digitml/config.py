@@ -45,6 +45,8 @@ SEARCH_SPEC_KEYS = {
 }
 SEARCH_TYPES = tuple(SEARCH_SPEC_KEYS)
 SAMPLINGS = ("linear", "log", "reverse_log")
+# What a fit logs every epoch: the quantities early stopping and reduce_lr can watch.
+MONITORED = ("val_loss", "val_accuracy", "loss", "accuracy")
 MIN_LIMIT = 20  # two images per class: the fewest that a stratified split can divide
 
 
@@ -68,6 +70,9 @@ BOUNDS = {
     "max_trials": Bound(int, 1),
     "best_epochs": Bound(int, 1),
     "hyperband_factor": Bound(int, 2),
+    "early_stopping.patience": Bound(int, 0),
+    "reduce_lr.patience": Bound(int, 0),
+    "reduce_lr.min_lr": Bound(float, 0),
 }
 CHOICES = {
     "optimizer": OPTIMIZERS,
@@ -297,6 +302,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {config.val_fraction}")
     for name in ("rotation", "translation", "zoom"):
         _check_fraction(f"augmentation.{name}", getattr(config.augmentation, name))
+    _check_callbacks(config)
     if config.schedule != "constant" and config.reduce_lr is not None:
         raise ConfigError("reduce_lr needs schedule: constant (a schedule already sets the rate)")
     console.load_tensorflow()
@@ -309,6 +315,28 @@ def validate(config: TrainConfig) -> None:
             check_model_params(group.model, group.model_params)
         except ValueError as error:
             raise ConfigError(f"{where}model_params: {error}") from error
+
+
+def _check_callbacks(config: TrainConfig) -> None:
+    """Early stopping and reduce_lr watch a quantity the fit logs (Keras only warns, every epoch,
+    of one it does not find, and never stops), with patience and rates Keras takes."""
+    for section in ("early_stopping", "reduce_lr"):
+        settings = getattr(config, section)
+        if settings is not None:
+            _check_choice(f"{section}.monitor", settings.monitor, MONITORED)
+            _check_bound(f"{section}.patience", settings.patience, BOUNDS[f"{section}.patience"])
+    if config.early_stopping is not None and not isinstance(
+        config.early_stopping.restore_best_weights, bool
+    ):
+        raise ConfigError(
+            "early_stopping.restore_best_weights must be true or false, got "
+            f"{config.early_stopping.restore_best_weights!r}"
+        )
+    if config.reduce_lr is not None:
+        factor = config.reduce_lr.factor
+        if not is_fraction(factor) or factor == 0:
+            raise ConfigError(f"reduce_lr.factor must be between 0 and 1, got {factor!r}")
+        _check_bound("reduce_lr.min_lr", config.reduce_lr.min_lr, BOUNDS["reduce_lr.min_lr"])
 
 
 def _check_settings(config: Any, keys: tuple[str, ...]) -> None:

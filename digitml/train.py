@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,7 +136,16 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs: dict | None = None) -> None:
         try:
             super().on_train_begin(logs)
-        except OSError:  # HDF5's "unable to open file": the only weights are cut short
+        except OSError as error:
+            if error.errno is not None:  # the file system's refusal (permissions), not the file's
+                raise
+            # HDF5's "unable to open file": the only weights are cut short, nothing to resume.
+            print(
+                f"The backup in {self.backup_dir} cannot be read ({error}): training starts "
+                "over from the first epoch",
+                file=sys.stderr,
+                flush=True,
+            )
             shutil.rmtree(self.backup_dir, ignore_errors=True)
         except json.JSONDecodeError:
             self._rewrite_epoch_record()

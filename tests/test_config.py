@@ -1,23 +1,41 @@
 import pytest
 
+from conftest import shipped_files
 from digitml.config import EXPERIMENTS_DIR, ConfigError, load_config, load_tune_config
 
-REFERENCE_CONFIGS = [
-    "baseline",
-    "callbacks",
-    "regularized",
-    "tuned",
-    "resnet",
-    "default",
-    "fast",
-    "record",
-]
 
-
-@pytest.mark.parametrize("name", REFERENCE_CONFIGS)
+@pytest.mark.parametrize("name", shipped_files(searches=False))
 def test_every_experiment_config_is_valid(name):
     config = load_config(EXPERIMENTS_DIR / f"{name}.yaml")
     assert config.name == name
+
+
+@pytest.mark.parametrize(
+    "callbacks, message",
+    [
+        (
+            {"early_stopping": {"monitor": "val_acc"}},
+            "early_stopping.monitor must be one of val_loss, val_accuracy, loss, accuracy; got "
+            "'val_acc'",
+        ),
+        (
+            {"early_stopping": {"patience": -1}},
+            "early_stopping.patience must be at least 0, got -1",
+        ),
+        (
+            {"early_stopping": {"restore_best_weights": "yes"}},
+            "early_stopping.restore_best_weights must be true or false, got 'yes'",
+        ),
+        ({"reduce_lr": {"monitor": "accuracy_val"}}, "reduce_lr.monitor must be one of"),
+        ({"reduce_lr": {"factor": 1.0}}, "reduce_lr.factor must be between 0 and 1, got 1.0"),
+        ({"reduce_lr": {"patience": 1.5}}, "reduce_lr.patience must be a whole number, got 1.5"),
+        ({"reduce_lr": {"min_lr": -0.1}}, "reduce_lr.min_lr must be at least 0, got -0.1"),
+    ],
+)
+def test_callback_settings_that_keras_would_ignore_or_refuse_mid_run_are_named(callbacks, message):
+    with pytest.raises(ConfigError) as refused:
+        load_config("callbacks", callbacks)
+    assert str(refused.value).startswith(message)
 
 
 def test_no_config_means_default_yaml():

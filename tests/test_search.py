@@ -107,6 +107,11 @@ def test_every_trial_of_a_shipped_search_is_a_valid_recipe(name):
             "schedule already sets the rate)",
         ),
         (
+            "early_stopping.monitor: {type: choice, values: [val_loss, val_acc]}",
+            "search_space.early_stopping.monitor: value 'val_acc': early_stopping.monitor must "
+            "be one of val_loss, val_accuracy, loss, accuracy; got 'val_acc'",
+        ),
+        (
             "batch_size: {type: int, min: 64, max: 16}",
             "search_space.batch_size: min 64 is greater than max 16",
         ),

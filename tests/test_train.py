@@ -211,6 +211,25 @@ def test_a_backup_whose_epoch_record_was_cut_short_resumes_after_that_epoch(
     assert len(resumed.history["loss"]) == 3 - epochs_backed_up
 
 
+def test_a_backup_whose_only_weights_are_cut_short_trains_anew_and_says_so(tmp_path, capsys):
+    """A kill during the first epoch's backup leaves no whole weights to resume from."""
+    config = load_config("fast", {"dataset": "digits", "epochs": 1, "batch_size": 64})
+    splits = make_splits(load_digits(), config.val_fraction, config.seed)
+    backup = tmp_path / "backup"
+    train_model(config, splits, backup_dir=backup, progress="none")
+    (backup / TRAINED_WEIGHTS).unlink()
+    for weights in backup.glob("*.weights.h5"):
+        weights.write_bytes(weights.read_bytes()[:1000])
+    capsys.readouterr()
+    resumed = train_model(
+        dataclasses.replace(config, epochs=2), splits, backup_dir=backup, progress="none"
+    )
+    assert len(resumed.history["loss"]) == 2
+    said = capsys.readouterr().err
+    assert f"The backup in {backup} cannot be read" in said
+    assert "training starts over from the first epoch" in said
+
+
 def test_a_network_that_trains_with_erasing_serves_unchanged_images_the_same_each_time(tmp_path):
     config = load_config(
         "fast",
