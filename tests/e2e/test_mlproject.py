@@ -1,7 +1,7 @@
-"""`mlflow run .` through the MLproject (its main entry point, and `-e tune`), on a tiny slice,
-in a real MLflow store; then that store as a practitioner sees it in the MLflow UI (`mlflow
-server`, headless Chromium). With DIGITML_SCREENSHOT_DIR set, the UI's pages are saved there (the
-README's pictures in docs/ are made so)."""
+"""`mlflow run .` through the MLproject, every entry point as a user types it (the shipped
+recipes and search, on a tiny slice), in a real MLflow store; then that store as a practitioner
+sees it in the MLflow UI (`mlflow server`, headless Chromium). With DIGITML_SCREENSHOT_DIR set, the
+UI's pages are saved there (the README's pictures in docs/ are made so)."""
 
 import os
 import shutil
@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow
 import pytest
+import yaml
 from browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
 from mlflow.projects._project_spec import load_project
 from selenium.webdriver.common.by import By
@@ -20,14 +22,6 @@ from serving import free_port, stop_process, wait_for_http
 
 from conftest import REPO_ROOT, all_runs, new_store, require_mnist, tracking_at
 
-SEARCH = """base_config: fast
-tuner: random
-max_trials: 2
-epochs: 1
-best_epochs: 1
-search_space:
-  model_params.dense_units: {type: int, min: 16, max: 64, step: 16}
-"""
 MODEL_TRAINING = "workflowType=machine_learning"  # the MLflow UI's "Model training" view
 
 
@@ -107,20 +101,87 @@ def trained(project, store):
 
 @pytest.fixture(scope="module")
 def searched(project, store):
-    """`mlflow run -e tune` of a two-trial search on digits, in experiment mlproject-test."""
-    search = store.folder / "search.yaml"
-    search.write_text(SEARCH)
+    """`mlflow run -e tune` of the shipped search, made small (two trials of one epoch on digits),
+    in experiment mlproject-test."""
     result = mlflow_run(
         project,
-        f"config={search}",
+        *("dataset=digits", "max_trials=2", "epochs=1", "best_epochs=1"),
         f"tuning_dir={store.folder / 'tuning'}",
-        "dataset=digits",
         "experiment=mlproject-test",
         cwd=store.folder,
         entry_point="tune",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+MODELS_EXPERIMENT = "mlproject-models"
+
+
+@pytest.fixture(scope="module")
+def trained_on_digits(project, store) -> str:
+    """`mlflow run -e train` of the fast recipe on digits: the id of the run, whose model the
+    evaluate and promote entry points take."""
+    result = mlflow_run(
+        project,
+        *("config=fast", "dataset=digits", "limit=300", "epochs=1"),
+        cwd=store.folder,
+        experiment=MODELS_EXPERIMENT,
+        entry_point="train",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (announced,) = [line for line in result.stdout.splitlines() if line.startswith("MLflow run ")]
+    return announced.split()[2]
+
+
+def runs_of_kind(kind: str) -> list:
+    return [run for run in all_runs(MODELS_EXPERIMENT) if run.data.tags.get("digitml.kind") == kind]
+
+
+def test_every_entry_point_of_the_mlproject_runs_here():
+    """A new entry point needs its run in this module."""
+    entry_points = yaml.safe_load((REPO_ROOT / "MLproject").read_text())["entry_points"]
+    assert set(entry_points) == {"main", "train", "tune", "evaluate", "promote"}
+
+
+def test_mlflow_run_train_trains_the_recipe_it_is_given(trained_on_digits, store):
+    (run,) = runs_of_kind("train")
+    assert run.info.run_id == trained_on_digits and run.info.status == "FINISHED"
+    assert run.data.params["dataset"] == "digits" and run.data.tags["config"] == "fast"
+
+
+def test_mlflow_run_evaluate_scores_the_model_on_the_data_it_was_trained_on(
+    project, store, trained_on_digits
+):
+    """No dataset given: the model's own run's (digits), and the experiment --experiment-name names."""
+    model_uri = f"runs:/{trained_on_digits}/model"
+    result = mlflow_run(
+        project,
+        f"model_uri={model_uri}",
+        cwd=store.folder,
+        experiment=MODELS_EXPERIMENT,
+        entry_point="evaluate",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (evaluation,) = runs_of_kind("evaluate")
+    assert evaluation.data.params["model_uri"] == model_uri
+    assert evaluation.data.params["dataset"] == "digits"
+    assert f"evaluation run: {evaluation.info.run_id}" in result.stdout
+    assert "test_accuracy" in evaluation.data.metrics
+
+
+def test_mlflow_run_promote_makes_the_first_candidate_champion(project, store, trained_on_digits):
+    result = mlflow_run(
+        project,
+        f"model_uri=runs:/{trained_on_digits}/model",
+        "dataset=digits",
+        cwd=store.folder,
+        experiment=MODELS_EXPERIMENT,
+        entry_point="promote",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    champion = mlflow.MlflowClient().get_model_version_by_alias("digit-classifier", "champion")
+    assert champion.run_id == trained_on_digits
 
 
 def test_mlflow_run_trains_in_the_recipes_experiment_and_writes_nothing_into_the_project(
@@ -184,7 +245,7 @@ def test_mlflow_run_tune_runs_a_tiny_search(searched):
     search_run, launcher = runs["tune"], runs["launcher"]
     assert "mlflow.parentRunId" not in search_run.data.tags  # two levels: search, trials
     assert launcher.data.tags["digitml.run_id"] == search_run.info.run_id
-    assert search_run.info.run_name == "tune-search"
+    assert search_run.info.run_name == "tune"  # the shipped search, experiments/tune.yaml
     assert runs["best"].info.run_name in {"best-trial-01", "best-trial-02"}
     assert {"trial-01", "trial-02"} <= set(runs)
     assert "limit" not in search_run.data.params  # unset: no 'None' param
@@ -243,9 +304,9 @@ def test_the_ui_opens_the_search_on_its_runs_named_as_the_terminal_names_them(ui
     experiment_id = runs["tune"].info.experiment_id
     driver = ui.driver
     driver.get(f"{ui.url}/#/experiments/{experiment_id}?{MODEL_TRAINING}")
-    search = shown(driver, "tune-search")
+    search = shown(driver, "tune")
     assert f"/experiments/{experiment_id}/runs" in driver.current_url  # not GenAI traces
-    shown(driver, "mlflow run → tune-search")
+    shown(driver, "mlflow run → tune")
     row = search.find_element("xpath", "./ancestor::div[contains(@class, 'ag-cell')][1]")
     row.find_element("tag name", "button").click()  # the search's trials, nested under it
     for name in ("trial-01", "trial-02", runs["best"].info.run_name):
