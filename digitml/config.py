@@ -97,6 +97,15 @@ def work_dir() -> Path:
     return Path(cache) / "digitml"
 
 
+def keras_home() -> Path:
+    """Keras' own folder, where `keras.datasets` keep their downloads (datasets/): $KERAS_HOME,
+    else ~/.keras, else /tmp/.keras where the home folder cannot be written (Keras' rule)."""
+    if os.environ.get("KERAS_HOME"):
+        return Path(os.environ["KERAS_HOME"])
+    home = Path.home()
+    return (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
+
+
 class ConfigError(SettingError, ValueError):
     """A configuration value or key is invalid; the message names it."""
 

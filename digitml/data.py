@@ -5,12 +5,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from digitml.config import keras_home
 from digitml.errors import UserError
 
 IMAGE_SIZE = 28
@@ -23,6 +26,9 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+# What keras.datasets.mnist downloads, and the SHA-256 of those bytes (Keras checks them).
+KERAS_MNIST_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _EXPECTED_COUNTS = {"train": 60_000, "t10k": 10_000}
@@ -78,12 +84,12 @@ class Splits:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> DigitData:
-    """Load `mnist` (from `data_dir` when given, else Keras' cached download) or `digits`."""
+    """Load `mnist` (from `data_dir` when given, else Keras' cache) or `digits`."""
     if name == "digits":
         return load_digits()
     if data_dir is not None:
         return load_mnist_dir(Path(data_dir))
-    return load_mnist_keras()
+    return load_mnist_keras(keras_home() / "datasets" / "mnist.npz")
 
 
 def load_mnist_dir(data_dir: Path) -> DigitData:
@@ -204,18 +210,46 @@ def load_mnist_npz(path: Path) -> DigitData:
     return digit_data("mnist", str(path.resolve()), train, test)
 
 
-def load_mnist_keras() -> DigitData:
-    """MNIST through `keras.datasets.mnist` (downloaded once, cached and hash-checked by Keras)."""
+def load_mnist_keras(cached: Path) -> DigitData:
+    """MNIST from Keras' cache, `cached` (~/.keras/datasets/mnist.npz), downloaded there through
+    Keras first where there is none.
+
+    Read by digitml, its content checked against the official digests, not by
+    `keras.datasets.mnist.load_data()`: that checks the file's bytes against Google's, downloads
+    again on a mismatch and deletes the file when offline, so an mnist.npz made from the genuine
+    IDX files (a mirror's, an offline machine's) would be thrown away."""
+    if not cached.is_file():
+        download_keras_mnist(cached)
+    try:
+        return load_mnist_npz(cached)
+    except DataError as error:
+        raise DataError(f"{error}; delete {cached} to download it again") from error
+
+
+def download_keras_mnist(
+    target: Path, origin: str = KERAS_MNIST_ORIGIN, sha256: str = KERAS_MNIST_SHA256
+) -> None:
+    """Keras' download of mnist.npz (its bytes checked against `sha256`) into a folder of its own
+    beside `target`, then renamed to it: processes that download at once (two trainings, parallel
+    tests) never read half a file, and the last one's whole file stays."""
     import keras
 
-    try:
-        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
-    except Exception as error:  # network or cache failures surface as many types
-        raise DataError(
-            f"could not download MNIST through Keras ({error}); pass --data-dir or set "
-            "DIGITML_DATA_DIR to a folder with the IDX files, or use --dataset digits"
-        ) from error
-    return digit_data("mnist", "keras.datasets.mnist", (x_train, y_train), (x_test, y_test))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".mnist-download-") as scratch:
+        try:
+            downloaded = keras.utils.get_file(
+                "mnist.npz",
+                origin,
+                file_hash=sha256,
+                cache_dir=scratch,
+                cache_subdir="",
+            )
+        except Exception as error:  # network or file failures surface as many types
+            raise DataError(
+                f"could not download MNIST through Keras ({error}); pass --data-dir or set "
+                "DIGITML_DATA_DIR to a folder with the IDX files, or use --dataset digits"
+            ) from error
+        os.replace(downloaded, target)
 
 
 def load_digits() -> DigitData:

@@ -4,32 +4,44 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import json
 import os
 import queue
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner, Result
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Absolute, since tests change directory and pass the environment on to subprocesses.
-MNIST_DIR = Path(
-    os.environ.get("DIGITML_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist")
-).resolve()
-os.environ["DIGITML_DATA_DIR"] = str(MNIST_DIR)
+DATA_DIR_VARIABLE = "DIGITML_DATA_DIR"
+if os.environ.get(DATA_DIR_VARIABLE):  # absolute: tests change directory and start processes
+    os.environ[DATA_DIR_VARIABLE] = str(Path(os.environ[DATA_DIR_VARIABLE]).resolve())
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# On a user's machine a test that needs a missing part (Chromium, PostgreSQL, ...) is skipped,
+# saying what to install. Where DIGITML_CI is set (.ci/run sets it), it fails instead, unless the
+# part is named in DIGITML_ABSENT_ON_PURPOSE (comma-separated, with the reason in .ci/run).
+ABSENT_ON_PURPOSE = set(filter(None, os.environ.get("DIGITML_ABSENT_ON_PURPOSE", "").split(",")))
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 # The modules that take longest (real processes, searches, full test-set evaluations), slowest
@@ -68,10 +80,57 @@ def shipped_files(searches: bool) -> list[str]:
     ]
 
 
+def missing(part: str, how_to_get: str) -> NoReturn:
+    """Skip the test for want of `part`, saying how to get it; in CI, fail (see ABSENT_ON_PURPOSE)."""
+    if os.environ.get("DIGITML_CI") and part not in ABSENT_ON_PURPOSE:
+        pytest.fail(
+            f"{part} is missing in CI ({how_to_get}): install it in .ci/run, or name it in "
+            "DIGITML_ABSENT_ON_PURPOSE there, with the reason"
+        )
+    pytest.skip(f"needs {part}: {how_to_get}")
+
+
 def require_mnist() -> Path:
-    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"genuine MNIST not found at {MNIST_DIR} (set DIGITML_DATA_DIR)")
-    return MNIST_DIR
+    """A folder of the four genuine MNIST IDX files (.gz): the one DIGITML_DATA_DIR names (CI's),
+    else one written once per machine, by one test process while the others wait, from Keras'
+    cache, which digitml downloads first where it is missing (as `digitml train` would)."""
+    given = os.environ.get(DATA_DIR_VARIABLE)
+    if given:
+        if not (Path(given) / f"{MNIST_FILES[0]}.gz").is_file():
+            pytest.fail(f"{DATA_DIR_VARIABLE}={given} holds no {MNIST_FILES[0]}.gz")
+        return Path(given)
+    folder = Path(tempfile.gettempdir()) / f"digitml-tests-mnist-{os.getuid()}"
+    folder.mkdir(exist_ok=True)
+    with exclusive(folder):
+        if not all((folder / f"{name}.gz").is_file() for name in MNIST_FILES):
+            _write_idx_files(folder)
+    return folder
+
+
+def _write_idx_files(folder: Path) -> None:
+    """MNIST from Keras' cache written as the four official IDX files (their content, which
+    digitml checks against the official digests, is the same)."""
+    from digitml.data import DataError, load_dataset
+
+    try:
+        data = load_dataset("mnist")
+    except DataError as error:
+        missing("MNIST", f"{error}")
+    for split, images, labels in (
+        ("train", data.train_images, data.train_labels),
+        ("t10k", data.test_images, data.test_labels),
+    ):
+        pixels = np.round(images[..., 0] * 255).astype(np.uint8)
+        header = struct.pack(">IIII", 0x803, *pixels.shape)
+        contents = {
+            f"{split}-images-idx3-ubyte": header + pixels.tobytes(),
+            f"{split}-labels-idx1-ubyte": struct.pack(">II", 0x801, len(labels))
+            + labels.astype(np.uint8).tobytes(),
+        }
+        for name, content in contents.items():
+            partial = folder / f"{name}.gz.partial"
+            partial.write_bytes(gzip.compress(content, compresslevel=1))
+            partial.replace(folder / f"{name}.gz")
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,11 @@
+import functools
 import gzip
+import hashlib
 import shutil
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +16,11 @@ from digitml.data import (
     DataError,
     balanced_subset,
     content_digest,
+    download_keras_mnist,
     load_dataset,
     load_digits,
     load_mnist_dir,
+    load_mnist_npz,
     make_splits,
     parse_idx_images,
     parse_idx_labels,
@@ -58,16 +65,68 @@ def test_uncompressed_idx_files_load_too(mnist_copy, mnist):
     assert np.array_equal(raw.test_labels, mnist.test_labels)
 
 
-def test_keras_style_npz_is_verified_and_loads(tmp_path, mnist):
+def keras_arrays(mnist) -> dict[str, np.ndarray]:
+    """MNIST as Keras' mnist.npz holds it: uint8 images and labels."""
+
     def as_uint8(images):
         return np.round(images[..., 0] * 255).astype(np.uint8)
 
-    arrays = {
+    return {
         "x_train": as_uint8(mnist.train_images),
         "y_train": mnist.train_labels.astype(np.uint8),
         "x_test": as_uint8(mnist.test_images),
         "y_test": mnist.test_labels.astype(np.uint8),
     }
+
+
+def test_mnist_without_a_folder_is_read_from_keras_cache_as_it_is(tmp_path, monkeypatch, mnist):
+    """An mnist.npz made from the genuine files, whose bytes differ from Google's (Keras' loader
+    would download again, or delete it offline), is read and checked by its content."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "datasets").mkdir()
+    np.savez(tmp_path / "datasets" / "mnist.npz", **keras_arrays(mnist))
+    cached = load_dataset("mnist")
+    assert np.array_equal(cached.test_labels, mnist.test_labels)
+    assert cached.source == str(tmp_path / "datasets" / "mnist.npz")
+
+
+def test_a_damaged_keras_cache_is_named_with_the_way_to_download_it_again(
+    tmp_path, monkeypatch, mnist
+):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "datasets").mkdir()
+    arrays = keras_arrays(mnist)
+    arrays["y_train"] = np.roll(arrays["y_train"], 1)
+    np.savez(tmp_path / "datasets" / "mnist.npz", **arrays)
+    with pytest.raises(DataError) as refused:
+        load_dataset("mnist")
+    cached = tmp_path / "datasets" / "mnist.npz"
+    assert str(refused.value).startswith("mnist.npz[y_train]: SHA-256")
+    assert str(refused.value).endswith(f"delete {cached} to download it again")
+
+
+def test_downloads_at_once_leave_one_whole_file(tmp_path, mnist):
+    """Four downloads into one cache at the same time, from a real HTTP server on loopback."""
+    served = tmp_path / "served"
+    served.mkdir()
+    np.savez(served / "mnist.npz", **keras_arrays(mnist))
+    sha256 = hashlib.sha256((served / "mnist.npz").read_bytes()).hexdigest()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{server.server_address[1]}/mnist.npz"
+    target = tmp_path / "keras" / "datasets" / "mnist.npz"
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: download_keras_mnist(target, origin, sha256), range(4)))
+    finally:
+        server.shutdown()
+    assert np.array_equal(load_mnist_npz(target).train_labels, mnist.train_labels)
+    assert [path.name for path in target.parent.iterdir()] == ["mnist.npz"]
+
+
+def test_keras_style_npz_is_verified_and_loads(tmp_path, mnist):
+    arrays = keras_arrays(mnist)
     np.savez(tmp_path / "mnist.npz", **arrays)
     assert np.array_equal(load_mnist_dir(tmp_path).train_labels, mnist.train_labels)
     arrays["y_test"] = np.roll(arrays["y_test"], 1)
