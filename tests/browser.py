@@ -10,7 +10,7 @@ from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-MISSING = "needs chromium and chromedriver (Debian: apt install chromium chromium-driver)"
+HOW_TO_GET = "Debian: apt install chromium chromium-driver"
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ def _server_program(name: str) -> str | None:
 
 
 INITDB, PG_CTL = _server_program("initdb"), _server_program("pg_ctl")
-MISSING = "PostgreSQL's initdb and pg_ctl not found: install Debian's postgresql (.ci/run does)"
+HOW_TO_GET = "initdb and pg_ctl; Debian: apt install postgresql"
 
 
 def _as_server_user(command: list[str | Path]) -> list[str]:

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
+from browser import CHROMEDRIVER, CHROMIUM, HOW_TO_GET, chromium
 from serving import free_port, stop_process, wait_for_http
 from test_app import drawn_seven
+
+from conftest import missing
 
 
 def start_app(folder: Path, tracking_uri: str) -> tuple[subprocess.Popen, int]:
@@ -53,8 +55,9 @@ def streamlit_processes(port: int) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=MISSING)
 def test_upload_in_headless_chromium_shows_the_digit(app, tmp_path):
+    if not (CHROMIUM and CHROMEDRIVER):
+        missing("chromium", HOW_TO_GET)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait

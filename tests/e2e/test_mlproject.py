@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import yaml
-from browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
+from browser import CHROMEDRIVER, CHROMIUM, HOW_TO_GET, chromium
 from mlflow.projects._project_spec import load_project
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 from serving import free_port, stop_process, wait_for_http
 
-from conftest import REPO_ROOT, all_runs, new_store, require_mnist, tracking_at
+from conftest import REPO_ROOT, all_runs, missing, new_store, require_mnist, tracking_at
 
 MODEL_TRAINING = "workflowType=machine_learning"  # the MLflow UI's "Model training" view
 
@@ -255,7 +255,7 @@ def test_mlflow_run_tune_runs_a_tiny_search(searched):
 def ui(store, trained, searched):
     """`mlflow server` (one worker) on the store, and one headless Chromium to look at it."""
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip(MISSING)
+        missing("chromium", HOW_TO_GET)
     port = free_port()
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen(

@@ -12,10 +12,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from postgres import INITDB, MISSING, PG_CTL, cluster
+from postgres import HOW_TO_GET, INITDB, PG_CTL, cluster
 from serving import free_port, stop_process, wait_for_http
 
-from conftest import CliProcess, all_runs, invoke_cli, start_digits_training
+from conftest import CliProcess, all_runs, invoke_cli, missing, start_digits_training
 
 SEARCH = """\
 base_config: fast
@@ -36,7 +36,7 @@ TRAINING_EPOCHS = 1
 def tracking_server(tmp_path, monkeypatch):
     """`mlflow server` with a PostgreSQL backend store and served artifacts, on loopback."""
     if not (INITDB and PG_CTL):
-        pytest.skip(MISSING)
+        missing("postgresql", HOW_TO_GET)
     venv_bin = str(Path(sys.executable).parent)
     port = free_port()
     with cluster(free_port()) as database:
