@@ -122,7 +122,11 @@ class DurableOracle:
         disagreeing: a new trial saved as running but not listed would never run (the search
         would end a trial short), and an ended trial still listed would train again. Creation
         order (ids are zero-padded) gives a tie for the best score to the same trial as before
-        the restart, whose params MLflow holds; Keras Tuner lists the files in glob order."""
+        the restart, whose params MLflow holds; Keras Tuner lists the files in glob order.
+
+        A trial to re-run starts with no metrics: one killed after reporting its score but before
+        ending would keep that report (Keras Tuner takes a trial that has a score when its run
+        returns for one that reported it itself, keeps the old, and warns)."""
         self.trials = AtomicTrials(sorted(self.trials.items()))
         statuses = {trial_id: trial.status for trial_id, trial in self.trials.items()}
         listed = [*state["retry_queue"], *state["ongoing_trials"].values()]
@@ -133,6 +137,8 @@ class DurableOracle:
             if status == kt.engine.trial.TrialStatus.RUNNING and trial_id not in queue
         ]
         retry = queue + sorted(orphans, reverse=True)  # popped from the end
+        for trial_id in retry:
+            self.trials[trial_id].metrics.metrics.clear()
         super().set_state({**state, "ongoing_trials": {}, "retry_queue": retry})
 
     @kt.synchronized
