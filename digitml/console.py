@@ -19,8 +19,10 @@ if not VERBOSE:
     # Every trial builds a new network, so TensorFlow's retracing warning is expected.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     # `evaluate` runs MLflow's classifier evaluation on fixed predictions: its progress notes
-    # ("Testing metrics on first row...") say nothing the printed table does not.
-    logging.getLogger("mlflow.models.evaluation").setLevel(logging.WARNING)
+    # ("Testing metrics on first row...") say nothing the printed table does not. Nor do its
+    # notes on creating a new store's tables and on checking the model's own input example.
+    for logger in ("mlflow.models.evaluation", "mlflow.store.db.utils", "mlflow.pyfunc"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
 
 
 # At exit, Python's last garbage collections walk every object TensorFlow, Keras and MLflow made

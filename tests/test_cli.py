@@ -316,20 +316,35 @@ def test_help_page_lists_the_choices():
     assert "[hyperband|random|bayesian]" in result.output and "[chief|worker]" in result.output
 
 
-def test_train_records_in_the_experiment_the_environment_names(tracking_uri):
-    result = invoke_cli(
+@pytest.fixture(scope="module")
+def trained_in_a_new_store(tmp_path_factory):
+    """`digitml train` as a real process, in a store it creates (MLflow's first migration), with
+    MLFLOW_EXPERIMENT_NAME set and no TensorFlow log level: its CompletedProcess and store URI."""
+    folder = tmp_path_factory.mktemp("new-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    result = run_cli(
         *("train", "--config", "fast", "--dataset", "digits", "--epochs", "1", "--limit", "300"),
-        env={"MLFLOW_EXPERIMENT_NAME": "env"},
+        cwd=folder,
+        env={
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_EXPERIMENT_NAME": "env",
+            "TF_CPP_MIN_LOG_LEVEL": "",
+        },
     )
-    assert result.exit_code == 0, result.output[-3000:]
-    (run,) = all_runs("env")
-    assert f"MLflow run {run.info.run_id} (fast-small-s42) in experiment 'env'" in result.stdout
+    assert result.returncode == 0, result.stderr[-3000:]
+    return SimpleNamespace(result=result, uri=uri, folder=folder)
+
+
+def test_train_records_in_the_experiment_the_environment_names(trained_in_a_new_store):
+    with tracking_at(trained_in_a_new_store.uri, trained_in_a_new_store.folder):
+        (run,) = all_runs("env")
+    printed = f"MLflow run {run.info.run_id} (fast-small-s42) in experiment 'env'"
+    assert printed in trained_in_a_new_store.result.stdout
     assert run.data.params["experiment"] == "env"
 
 
-def test_a_command_writes_no_third_party_chatter(tmp_path):
-    """TensorFlow's start-up lines (CUDA probes, absl's notice) and the warnings MLflow and
-    scikit-learn raise about a run are silenced or fixed: stderr stays empty."""
-    result = run_cli("models", cwd=tmp_path, env={"TF_CPP_MIN_LOG_LEVEL": ""})  # none set
-    assert result.returncode == 0
-    assert result.stderr == ""
+def test_a_command_writes_no_third_party_chatter(trained_in_a_new_store):
+    """TensorFlow's start-up lines (CUDA probes, absl's notice), MLflow's notes on creating its
+    store and validating the model's input example, and the warnings MLflow and scikit-learn
+    raise about a run are silenced or fixed: a training's stderr stays empty."""
+    assert trained_in_a_new_store.result.stderr == ""

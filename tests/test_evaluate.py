@@ -71,4 +71,4 @@ def test_probabilities_come_back_in_image_order_across_batches(mnist_model):
 def test_evaluate_command_names_a_missing_model(evaluation):
     result = invoke_cli("evaluate", "--model-uri", "models:/nope@champion")
     assert result.exit_code == 1
-    assert "nope" in result.stderr
+    assert result.stderr == "Error: Registered Model with name=nope not found\n"

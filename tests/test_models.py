@@ -16,7 +16,10 @@ def test_resnet_has_the_reference_parameter_count():
 def test_every_model_maps_an_mnist_batch_to_ten_probabilities(name):
     model = build_model(name)
     assert model.input_shape == (None, 28, 28, 1)
-    assert model.output_shape == (None, 10)
+    images = np.random.default_rng(0).random((4, 28, 28, 1), np.float32)
+    probabilities = np.asarray(model.predict_on_batch(images))
+    assert probabilities.shape == (4, 10) and (probabilities >= 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
 
 
 def test_tuned_model_has_the_reference_architecture():

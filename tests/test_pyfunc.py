@@ -148,7 +148,7 @@ def test_malformed_requests_are_refused_with_a_clear_message(served, model_input
 
 FUZZ = settings(
     max_examples=200,  # 2-6 s a test on one core
-    deadline=1000,  # ms per input
+    deadline=None,  # how long an input takes is the benchmark's; a loaded CI machine is slow
     derandomize=True,  # the same inputs on every run, so CI is reproducible
     database=None,
     # The function-scoped fixtures are conftest's autouse checks around each test (no inherited
