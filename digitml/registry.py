@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -223,7 +223,7 @@ def promote(
         "candidate_test_accuracy": f"{candidate_accuracy:.6f}",
         "promotion_min_delta": str(min_delta),
         "promotion_forced": str(force).lower(),
-        "promotion_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "promotion_date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if holder is not None:  # the first champion was compared with none
         tags["champion_test_accuracy"] = f"{holder_accuracy:.6f}"

@@ -8,11 +8,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import tomllib
 import yaml
 
 from conftest import REPO_ROOT, all_runs
