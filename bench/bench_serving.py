@@ -5,8 +5,8 @@
 
 Without --model-uri, trains the fast recipe on 20,000 images in a throw-away store first; give
 the default recipe's model (`runs:/RUN_ID/model`, `models:/digit-classifier@champion`) for the
-README's figures. Images are made here from MNIST test digits (tests/drawings.py): 28x28 PNGs,
-1050x800 canvas PNGs, 3000x4000 phone-photo JPEGs and 64x64 RGBA icons.
+figures of docs/serving.md. Images are made here from MNIST test digits (tests/drawings.py): 28x28
+PNGs, 1050x800 canvas PNGs, 3000x4000 phone-photo JPEGs and 64x64 RGBA icons.
 
 Prints the model's own latency in-process (one 28x28 PNG per `predict`, no server), then one
 markdown table: per kind, p50/p99 of one-image requests (sequential) and images/s in

@@ -1,15 +1,15 @@
 """Training benchmark on full MNIST: fit seconds and test accuracy of each recipe, per seed.
 
     DIGITML_DATA_DIR=../shared/data/mnist python bench/bench_train.py [CONFIG ...] [--curve]
-        [--write-readme]
+        [--write-docs]
 
 Each run is a real `digitml train` process (for the `tune` row, a whole `digitml tune`: search,
 retraining of the best, test and registration, timed from start to end) logging into a throw-away
 MLflow store. The table (markdown) gives every seed's seconds and accuracy, their medians, the
 spread of the accuracies (best - worst seed) and whether the recipe meets its target. `--curve`:
-what `fast` reaches with fewer training images (its time-to-accuracy curve). `--write-readme`:
-the tables replace the README's `bench:train` and `bench:fast-curve` sections, with the date and
-the CPU they ran on.
+what `fast` reaches with fewer training images (its time-to-accuracy curve). `--write-docs`:
+the tables replace the `bench:train` and `bench:fast-curve` sections of docs/recipes.md, with the
+date and the CPU they ran on.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import mlflow
 
 from digitml.config import TuneConfig
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+RECIPES_PAGE = Path(__file__).resolve().parent.parent / "docs" / "recipes.md"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Outcome:
 @dataclass(frozen=True)
 class Recipe:
     seeds: tuple[int, ...]
-    target: str  # as the README states it
+    target: str  # as docs/recipes.md states it
     # the seeds' outcomes -> whether the target is met; None for a reference without one
     met: Callable[[list[Outcome]], bool] | None = None
     command: str = "train"  # or "tune": the row times the whole search
@@ -206,27 +206,27 @@ def measured_where() -> str:
     return f"{datetime.date.today()}, {os.cpu_count()} cores of an {cpu_name()}"
 
 
-def readme_section(name: str) -> re.Match:
-    """The README's `<!-- bench:NAME -->` section: group 2 is its body."""
+def docs_section(name: str) -> re.Match:
+    """docs/recipes.md's `<!-- bench:NAME -->` section: group 2 is its body."""
     pattern = rf"(<!-- bench:{name} -->\n)(.*?)(\n<!-- /bench:{name} -->)"
-    found = re.search(pattern, README.read_text(), re.S)
+    found = re.search(pattern, RECIPES_PAGE.read_text(), re.S)
     if found is None:
-        sys.exit(f"README.md has no <!-- bench:{name} --> section")
+        sys.exit(f"docs/recipes.md has no <!-- bench:{name} --> section")
     return found
 
 
-def write_readme_section(name: str, body: str) -> None:
-    section = readme_section(name)
-    text = README.read_text()
-    README.write_text(text[: section.start(2)] + body + text[section.end(2) :])
+def write_docs_section(name: str, body: str) -> None:
+    section = docs_section(name)
+    text = RECIPES_PAGE.read_text()
+    RECIPES_PAGE.write_text(text[: section.start(2)] + body + text[section.end(2) :])
 
 
 def merged_train_table(rows: list[str]) -> str:
-    """The README's recipe table with `rows` in place of the same configs' earlier rows: a run of
-    some recipes keeps the others' rows (each row says when and where it was measured)."""
+    """docs/recipes.md's recipe table with `rows` in place of the same configs' earlier rows: a run
+    of some recipes keeps the others' rows (each row says when and where it was measured)."""
     earlier = [
         line
-        for line in readme_section("train")[2].splitlines()
+        for line in docs_section("train")[2].splitlines()
         if line.startswith("| ") and not line.startswith(TRAIN_HEADER[0][:8])
     ]
     fresh = {row.split(" | ")[0]: row for row in rows}
@@ -240,7 +240,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--curve", action="store_true", help="fast's time-to-accuracy curve too")
-    parser.add_argument("--write-readme", action="store_true", help="write the tables into README")
+    parser.add_argument(
+        "--write-docs", action="store_true", help="write the tables into docs/recipes.md"
+    )
     args = parser.parse_args()
     if not os.environ.get("DIGITML_DATA_DIR"):
         sys.exit("set DIGITML_DATA_DIR to the folder with the MNIST IDX files")
@@ -249,10 +251,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as store_dir:
         rows = recipe_rows(args.configs, store_dir)
         curve = curve_table(store_dir) if args.curve else None
-    if args.write_readme:
-        write_readme_section("train", merged_train_table(rows))
+    if args.write_docs:
+        write_docs_section("train", merged_train_table(rows))
         if curve:
-            write_readme_section("fast-curve", "\n".join(curve))
+            write_docs_section("fast-curve", "\n".join(curve))
 
 
 if __name__ == "__main__":

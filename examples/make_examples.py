@@ -1,5 +1,5 @@
-"""Draw the README's example images (our own drawings, not MNIST) into examples/, and the
-preprocessing figure into docs/ (so `examples/*` holds digits only).
+"""Draw the example images of README.md and docs/serving.md (our own drawings, not MNIST) into
+examples/, and the preprocessing figure into docs/ (so `examples/*` holds digits only).
 
 python examples/make_examples.py
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the README's serving examples: train the fast recipe, make it champion, serve it on
+# Reproduce the serving examples of docs/serving.md: train the fast recipe, make it champion, serve it on
 # 127.0.0.1:5001 and send the example images. Run from the repository root with the venv active:
 #   DIGITML_DATA_DIR=../shared/data/mnist bash examples/serve_examples.sh
 set -euo pipefail

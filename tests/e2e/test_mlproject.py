@@ -1,7 +1,7 @@
 """`mlflow run .` through the MLproject, every entry point as a user types it (the shipped
 recipes and search, on a tiny slice), in a real MLflow store; then that store as a practitioner
 sees it in the MLflow UI (`mlflow server`, headless Chromium). With DIGITML_SCREENSHOT_DIR set, the
-UI's pages are saved there (the README's pictures in docs/ are made so)."""
+UI's pages are saved there (the pictures in docs/ are made so)."""
 
 import os
 import shutil
