@@ -80,6 +80,17 @@ def shipped_files(searches: bool) -> list[str]:
     ]
 
 
+def mlproject_default_configs() -> set[str]:
+    """The recipes and searches the MLproject's entry points run when given no `config`: what
+    test_mlproject.py runs through `mlflow run`."""
+    entry_points = yaml.safe_load((REPO_ROOT / "MLproject").read_text())["entry_points"]
+    return {
+        entry["parameters"]["config"]["default"]
+        for entry in entry_points.values()
+        if "config" in entry.get("parameters", {})
+    }
+
+
 def missing(part: str, how_to_get: str) -> NoReturn:
     """Skip the test for want of `part`, saying how to get it; in CI, fail (see ABSENT_ON_PURPOSE)."""
     if os.environ.get("DIGITML_CI") and part not in ABSENT_ON_PURPOSE:

@@ -120,11 +120,12 @@ MODELS_EXPERIMENT = "mlproject-models"
 
 @pytest.fixture(scope="module")
 def trained_on_digits(project, store) -> str:
-    """`mlflow run -e train` of the fast recipe on digits: the id of the run, whose model the
-    evaluate and promote entry points take."""
+    """`mlflow run -e train` of its default recipe (`default`, a four-network ensemble) made small
+    (one epoch on 300 digits): the id of the run, whose model the evaluate and promote entry
+    points take."""
     result = mlflow_run(
         project,
-        *("config=fast", "dataset=digits", "limit=300", "epochs=1"),
+        *("dataset=digits", "limit=300", "epochs=1"),
         cwd=store.folder,
         experiment=MODELS_EXPERIMENT,
         entry_point="train",
@@ -144,10 +145,11 @@ def test_every_entry_point_of_the_mlproject_runs_here():
     assert set(entry_points) == {"main", "train", "tune", "evaluate", "promote"}
 
 
-def test_mlflow_run_train_trains_the_recipe_it_is_given(trained_on_digits, store):
+def test_mlflow_run_train_trains_the_default_recipe(trained_on_digits, store):
     (run,) = runs_of_kind("train")
     assert run.info.run_id == trained_on_digits and run.info.status == "FINISHED"
-    assert run.data.params["dataset"] == "digits" and run.data.tags["config"] == "fast"
+    assert run.data.params["dataset"] == "digits" and run.data.tags["config"] == "default"
+    assert run.data.params["ensemble"] == "small×2+stem×2"
 
 
 def test_mlflow_run_evaluate_scores_the_model_on_the_data_it_was_trained_on(
