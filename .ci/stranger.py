@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from readme import first_screen
 
-from digitml.data import load_mnist_dir
+from digitml.data import keras_arrays, load_mnist_dir
 
 REPO = Path(__file__).resolve().parent.parent
 UI = "http://127.0.0.1:5000"
@@ -42,20 +42,9 @@ def copy_of_the_repository(target: Path) -> None:
 
 
 def keras_cache_from_genuine_files(home: Path, genuine: Path) -> None:
-    data = load_mnist_dir(genuine)
-
-    def pixels(images: np.ndarray) -> np.ndarray:
-        return np.round(images[..., 0] * 255).astype(np.uint8)
-
     cache = home / ".keras" / "datasets"
     cache.mkdir(parents=True)
-    np.savez(
-        cache / "mnist.npz",
-        x_train=pixels(data.train_images),
-        y_train=data.train_labels.astype(np.uint8),
-        x_test=pixels(data.test_images),
-        y_test=data.test_labels.astype(np.uint8),
-    )
+    np.savez(cache / "mnist.npz", **keras_arrays(load_mnist_dir(genuine)))
 
 
 def a_strangers_environment(home: Path) -> dict[str, str]:

@@ -185,7 +185,7 @@ def _check_payload(path: Path, content: bytes, header_size: int, expected: int) 
         raise DataError(f"{path.name}: header promises {expected} data bytes, file holds {actual}")
 
 
-def _idx_bytes(array: np.ndarray) -> bytes:
+def idx_bytes(array: np.ndarray) -> bytes:
     """Serialise a uint8 array as IDX, so npz content can be checked against the IDX digests."""
     magic = _IDX_IMAGES_MAGIC if array.ndim == 3 else _IDX_LABELS_MAGIC
     return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
@@ -205,7 +205,7 @@ def load_mnist_npz(path: Path) -> DigitData:
         "y_test": "t10k-labels-idx1-ubyte",
     }
     for key, stem in stems.items():
-        _check_digest(f"{path.name}[{key}]", stem, _idx_bytes(arrays[key]))
+        _check_digest(f"{path.name}[{key}]", stem, idx_bytes(arrays[key]))
     train, test = (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
     return digit_data("mnist", str(path.resolve()), train, test)
 
@@ -279,6 +279,22 @@ def load_digits() -> DigitData:
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 (n, 28, 28) -> float32 (n, 28, 28, 1) in [0, 1]."""
     return (images.astype(np.float32) / 255.0)[..., np.newaxis]
+
+
+def as_pixels(images: np.ndarray) -> np.ndarray:
+    """float32 (n, 28, 28, 1) in [0, 1] -> uint8 (n, 28, 28): `to_model_input` undone."""
+    return np.round(images[..., 0] * 255).astype(np.uint8)
+
+
+def keras_arrays(data: DigitData) -> dict[str, np.ndarray]:
+    """The data as Keras' mnist.npz holds it (uint8 x_train, y_train, x_test, y_test): saved with
+    np.savez into Keras' cache, what digitml reads without downloading (an offline machine's)."""
+    return {
+        "x_train": as_pixels(data.train_images),
+        "y_train": data.train_labels.astype(np.uint8),
+        "x_test": as_pixels(data.test_images),
+        "y_test": data.test_labels.astype(np.uint8),
+    }
 
 
 def balanced_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:

@@ -11,7 +11,6 @@ import queue
 import shutil
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import mlflow
-import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner, Result
@@ -121,27 +119,16 @@ def require_mnist() -> Path:
 def _write_idx_files(folder: Path) -> None:
     """MNIST from Keras' cache written as the four official IDX files (their content, which
     digitml checks against the official digests, is the same)."""
-    from digitml.data import DataError, load_dataset
+    from digitml.data import DataError, idx_bytes, keras_arrays, load_dataset
 
     try:
-        data = load_dataset("mnist")
+        arrays = keras_arrays(load_dataset("mnist"))
     except DataError as error:
         missing("MNIST", f"{error}")
-    for split, images, labels in (
-        ("train", data.train_images, data.train_labels),
-        ("t10k", data.test_images, data.test_labels),
-    ):
-        pixels = np.round(images[..., 0] * 255).astype(np.uint8)
-        header = struct.pack(">IIII", 0x803, *pixels.shape)
-        contents = {
-            f"{split}-images-idx3-ubyte": header + pixels.tobytes(),
-            f"{split}-labels-idx1-ubyte": struct.pack(">II", 0x801, len(labels))
-            + labels.astype(np.uint8).tobytes(),
-        }
-        for name, content in contents.items():
-            partial = folder / f"{name}.gz.partial"
-            partial.write_bytes(gzip.compress(content, compresslevel=1))
-            partial.replace(folder / f"{name}.gz")
+    for name, key in zip(MNIST_FILES, ("x_train", "y_train", "x_test", "y_test"), strict=True):
+        partial = folder / f"{name}.gz.partial"
+        partial.write_bytes(gzip.compress(idx_bytes(arrays[key]), compresslevel=1))
+        partial.replace(folder / f"{name}.gz")
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from serving import free_port
 from streamlit.testing.v1 import AppTest
 
 from conftest import require_mnist, tracking_at
-from digitml.data import load_mnist_dir
+from digitml.data import as_pixels, load_mnist_dir
 from digitml.registry import register_run_model
 
 APP = str(Path(__file__).resolve().parent.parent / "digitml" / "app.py")
@@ -51,7 +51,7 @@ def drawn_mnist(digit: np.ndarray) -> bytes:
 def mnist_digits():
     """Three MNIST test digits of different classes (uint8) and their labels."""
     data = load_mnist_dir(require_mnist())
-    images = np.round(data.test_images[:3, ..., 0] * 255).astype(np.uint8)
+    images = as_pixels(data.test_images[:3])
     labels = data.test_labels[:3].tolist()
     assert len(set(labels)) == 3
     return images, labels

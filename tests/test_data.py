@@ -17,6 +17,7 @@ from digitml.data import (
     balanced_subset,
     content_digest,
     download_keras_mnist,
+    keras_arrays,
     load_dataset,
     load_digits,
     load_mnist_dir,
@@ -63,20 +64,6 @@ def test_uncompressed_idx_files_load_too(mnist_copy, mnist):
         path.unlink()
     raw = load_mnist_dir(mnist_copy)
     assert np.array_equal(raw.test_labels, mnist.test_labels)
-
-
-def keras_arrays(mnist) -> dict[str, np.ndarray]:
-    """MNIST as Keras' mnist.npz holds it: uint8 images and labels."""
-
-    def as_uint8(images):
-        return np.round(images[..., 0] * 255).astype(np.uint8)
-
-    return {
-        "x_train": as_uint8(mnist.train_images),
-        "y_train": mnist.train_labels.astype(np.uint8),
-        "x_test": as_uint8(mnist.test_images),
-        "y_test": mnist.test_labels.astype(np.uint8),
-    }
 
 
 def test_mnist_without_a_folder_is_read_from_keras_cache_as_it_is(tmp_path, monkeypatch, mnist):

@@ -13,7 +13,7 @@ from drawings import encoded as png
 from PIL import Image, ImageFilter
 
 from conftest import require_mnist
-from digitml.data import load_mnist_dir
+from digitml.data import as_pixels, load_mnist_dir
 from digitml.imaging import (
     MAX_IMAGE_PIXELS,
     MAX_REQUEST_PIXELS,
@@ -32,7 +32,7 @@ SAMPLES = 30
 def digits():
     """(uint8 images, labels) of the first MNIST test digits."""
     data = load_mnist_dir(require_mnist())
-    images = np.round(data.test_images[:SAMPLES, ..., 0] * 255).astype(np.uint8)
+    images = as_pixels(data.test_images[:SAMPLES])
     return images, data.test_labels[:SAMPLES]
 
 

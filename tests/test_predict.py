@@ -2,12 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import invoke_cli, require_mnist
-from digitml.data import load_mnist_dir
+from digitml.data import as_pixels, load_mnist_dir
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +15,7 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     data = load_mnist_dir(require_mnist())
     for index, name in ((0, "seven.png"), (1, "two.jpg")):
-        digit = np.round(data.test_images[index, ..., 0] * 255).astype(np.uint8)
+        digit = as_pixels(data.test_images[index])
         page = Image.new("L", (400, 300), 255)
         page.paste(Image.fromarray(255 - digit).resize((224, 224)), (90, 40))
         page.convert("RGB").save(folder / name)

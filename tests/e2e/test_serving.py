@@ -12,7 +12,7 @@ from PIL import Image
 from serving import ModelServer
 
 from conftest import require_mnist
-from digitml.data import load_mnist_dir
+from digitml.data import as_pixels, load_mnist_dir
 from digitml.imaging import MAX_BATCH, MAX_IMAGE_BYTES, MAX_REQUEST_PIXELS
 
 
@@ -27,7 +27,7 @@ def server(mnist_model):
 @pytest.fixture(scope="module")
 def mnist_test():
     data = load_mnist_dir(require_mnist())
-    return np.round(data.test_images[:8, ..., 0] * 255).astype(np.uint8), data.test_labels[:8]
+    return as_pixels(data.test_images[:8]), data.test_labels[:8]
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> str:
