@@ -9,69 +9,22 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from digitml.config import DEFAULT_APP_MODEL_URI
-from digitml.imaging import MAX_IMAGE_BYTES, ImageInputError, image_to_array
+from digitml.app_launch import AppSettings
+from digitml.imaging import ImageInputError, image_to_array
 from digitml.predict import one_image_message, predicted
 from digitml.registry import RegistryError, registered_name, registered_version
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
 ENDPOINT_TIMEOUT = 10
-
-
-@dataclass
-class AppSettings:
-    """What the page talks to: a model URI (loaded in-process) or a REST endpoint."""
-
-    model_uri: str = DEFAULT_APP_MODEL_URI
-    endpoint: str | None = None
-
-    @classmethod
-    def from_env(cls) -> AppSettings:
-        """`digitml app` passes its options to the Streamlit process through the environment."""
-        return cls(
-            model_uri=os.environ.get("DIGITML_APP_MODEL_URI") or DEFAULT_APP_MODEL_URI,
-            endpoint=os.environ.get("DIGITML_APP_ENDPOINT") or None,
-        )
-
-
-def start_page(settings: AppSettings, host: str, port: int) -> None:
-    """Replace this process with Streamlit serving this page, so SIGTERM and Ctrl-C reach the
-    page's server itself."""
-    env = {
-        **os.environ,
-        "DIGITML_APP_MODEL_URI": settings.model_uri,
-        "DIGITML_APP_ENDPOINT": settings.endpoint or "",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(Path(__file__)),
-        "--server.port",
-        str(port),
-        "--server.address",
-        host,
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.maxUploadSize",  # in MB: the upload widget then states the limit images have
-        str(MAX_IMAGE_BYTES // 2**20),
-    ]
-    os.execve(sys.executable, command, env)
 
 
 class PredictionError(RuntimeError):

@@ -476,8 +476,10 @@ def app(model_uri: str | None, endpoint: str | None, port: int, host: str) -> No
     if model_uri and endpoint:
         raise click.UsageError("give --model-uri or --endpoint, not both")
     if importlib.util.find_spec("streamlit") is None:
-        raise click.ClickException('Streamlit is not installed: pip install "digitml[app]"')
-    from digitml.app import AppSettings, start_page
+        raise click.ClickException(
+            'Streamlit is not installed: install digitml with its app extra (in a checkout: pip install -e ".[app]")'
+        )
+    from digitml.app_launch import AppSettings, start_page
 
     start_page(AppSettings(model_uri or DEFAULT_APP_MODEL_URI, endpoint), host, port)
 

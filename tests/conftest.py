@@ -46,6 +46,7 @@ MNIST_FILES = (
 # first: xdist hands out whole modules in collection order, so these start at once and the
 # workers finish together. Only the run time depends on this list.
 LONGEST_MODULES = (
+    "test_docs.py",
     "test_tune.py",
     "test_tune_distributed.py",
     "test_mlproject.py",
@@ -80,7 +81,7 @@ def shipped_files(searches: bool) -> list[str]:
 
 def mlproject_default_configs() -> set[str]:
     """The recipes and searches the MLproject's entry points run when given no `config`: what
-    test_mlproject.py runs through `mlflow run`."""
+    test_mlproject.py and test_docs.py run through `mlflow run`."""
     entry_points = yaml.safe_load((REPO_ROOT / "MLproject").read_text())["entry_points"]
     return {
         entry["parameters"]["config"]["default"]
@@ -129,6 +130,19 @@ def _write_idx_files(folder: Path) -> None:
         partial = folder / f"{name}.gz.partial"
         partial.write_bytes(gzip.compress(idx_bytes(arrays[key]), compresslevel=1))
         partial.replace(folder / f"{name}.gz")
+
+
+def copy_project(folder: Path) -> Path:
+    """`folder` holding a copy of the project as a user's checkout has it for `mlflow run .` and
+    the documented commands (MLproject, conda.yaml, the package, the recipes, the example
+    images), without the checkout's stores, caches or virtual environment."""
+    for name in ("MLproject", "conda.yaml"):
+        shutil.copy(REPO_ROOT / name, folder)
+    for name in ("digitml", "experiments", "examples"):
+        shutil.copytree(
+            REPO_ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return folder
 
 
 @pytest.fixture(autouse=True)

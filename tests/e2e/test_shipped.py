@@ -1,8 +1,9 @@
 """Everything shipped runs as shipped: each recipe and each search of experiments/ through the
 command a user types, with only options that make it small (sklearn's digits, 300 images, one
 epoch, two trials), in this process (click's runner: one TensorFlow start for them all). The
-MLproject's entry points run as real `mlflow run` processes in test_mlproject.py, with the
-recipe and the search they run by default: those two are not run again here."""
+MLproject's entry points run as real `mlflow run` processes in test_mlproject.py and
+test_docs.py, with the recipe and the search they run by default: those two are not run again
+here."""
 
 import mlflow
 import pytest

@@ -35,6 +35,11 @@ search_space:
 """
 
 
+# best_overrides: the winner (a strided `small` net, as every trial trains it) is retrained beside
+# a partner network, and that pair is what is registered and served.
+PARTNER = "best_overrides: {other_members: [{model: stem, model_params: {stem_filters: 8}}]}\n"
+
+
 def write_search(tmp_path, max_trials=3, rates="[0.003, 0.01]", optimizers="[adam]"):
     path = tmp_path / "search.yaml"
     path.write_text(SMALL_SEARCH.format(max_trials=max_trials, rates=rates, optimizers=optimizers))
@@ -47,14 +52,16 @@ def runs_by_kind(kind):
 
 @pytest.fixture(scope="module")
 def search(empty_store, tmp_path_factory):
-    """A random search of 4 trials of 2 epochs: `digitml tune` as a real process, SIGKILLed in
-    the middle of the second trial (its first epoch logged), then the same command again
-    (in-process) to finish it: `uri`, `folder`, `killed_lines` (stdout up to the kill),
+    """A random search of 4 trials of 2 epochs, whose winner is retrained beside a partner
+    network: `digitml tune` as a real process, SIGKILLed in the middle of the second trial (its
+    first epoch logged), then the same command again (in-process) to finish it: `uri`, `folder`,
+    `killed_lines` (stdout up to the kill),
     `finished_before` (trial runs FINISHED at the kill), `interrupted` (the second trial's run id),
     `result` (the second command's CliRunner result)."""
     folder = tmp_path_factory.mktemp("search")
     uri = new_store(empty_store, folder)
     path = write_search(folder, max_trials=4)
+    path.write_text(path.read_text() + PARTNER)
     with tracking_at(uri, folder):
         process = CliProcess("tune", "--config", str(path), cwd=folder)
         killed_lines = process.read_until("trial 1/4")
@@ -200,19 +207,10 @@ def test_hyperband_rounds_continue_from_the_previous_rounds_weights(tracking_uri
     assert not (tmp_path / "tuning").exists()
 
 
-def test_the_registered_model_is_the_winner_retrained_with_its_partner(tracking_uri, tmp_path):
-    # best_overrides: the winner (a strided `small` net, as every trial trains it) is retrained
-    # beside a partner network, and that pair is what is registered and served.
-    search = write_search(tmp_path, max_trials=2)
-    partner = "best_overrides: {other_members: [{model: stem, model_params: {stem_filters: 8}}]}"
-    search.write_text(search.read_text() + partner + "\n")
-    result = invoke_cli("tune", "--config", str(search))
-    assert result.exit_code == 0, result.output[-3000:]
+def test_the_registered_model_is_the_winner_retrained_with_its_partner(searched):
     (best,) = runs_by_kind("best")
     assert best.data.params["ensemble"] == "small+stem"
     assert all("ensemble" not in run.data.params for run in runs_by_kind("trial"))
-    version = mlflow.MlflowClient().get_model_version_by_alias("digit-classifier", "challenger")
-    assert version.run_id == best.info.run_id
     model = mlflow.pyfunc.load_model("models:/digit-classifier@challenger")
     network = model.unwrap_python_model().model
     assert [layer.name for layer in network.layers if layer.name.startswith("member_")] == [

@@ -1,5 +1,5 @@
 """The team set-up for real: `mlflow server` on a throw-away PostgreSQL cluster with served
-artifacts, on loopback; a distributed search (one chief, three workers, one of them SIGKILLed
+artifacts, on loopback; a distributed search (one chief, two workers, one of them SIGKILLed
 mid-trial and restarted) beside two plain trainings, all real processes."""
 
 import io
@@ -92,7 +92,7 @@ def test_a_team_search_and_two_trainings_share_one_postgresql_store(tracking_ser
     oracle = f"127.0.0.1:{free_port()}"
     chief = start_tune(tmp_path, "--role", "chief", "--oracle", oracle)
     chief.read_until("oracle listening")  # as a user would: workers join a running search
-    workers = [start_worker(tmp_path, oracle, f"w{n}") for n in (1, 2, 3)]
+    workers = [start_worker(tmp_path, oracle, f"w{n}") for n in (1, 2)]
     trainings = [start_digits_training(tmp_path, TRAINING_EPOCHS, "team-trainings") for _ in "ab"]
     processes = [chief, *workers, *trainings]
     try:
@@ -108,7 +108,7 @@ def test_a_team_search_and_two_trainings_share_one_postgresql_store(tracking_ser
         for process in processes:
             process.process.kill()
     finished = [process for process in processes if process is not workers[0]]
-    assert [process.returncode for process in finished] == [0] * 6, [
+    assert [process.returncode for process in finished] == [0] * 5, [
         process.stderr[-2000:] for process in finished
     ]
 
