@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import click
@@ -20,7 +21,6 @@ from conftest import (
     all_runs,
     invoke_cli,
     logged_models,
-    new_store,
     require_mnist,
     run_cli,
     start_digits_training,
@@ -34,27 +34,38 @@ KILL_AFTER = 3
 
 
 @pytest.fixture(scope="module")
-def resumed(empty_store, tmp_path_factory):
+def resumed(tmp_path_factory):
     """A training stopped with SIGTERM once epoch 3 of 6 is logged; `digitml train --resume RUN_ID`
-    SIGKILLed while it logs the trained model; `--resume` again, to the end. All real processes:
-    `uri`, `folder`, `stopped` (the first process), `killed_lines` (its stdout), `logging_lines`
-    (the first resume's stdout), `models_at_kill` (the run's logged models and their status after
-    the SIGKILL), `result` (the last resume's CompletedProcess), `run_id`, `status_after_stop`,
-    `status_after_kill`."""
+    SIGKILLed while it logs the trained model; `--resume` again, to the end. All real processes,
+    as a user's shell starts them (no TensorFlow log level set), the first creating the store
+    (MLflow's first migration): `uri`, `folder`, `stopped` (the first process), `killed_lines`
+    (its stdout), `logging_lines` (the first resume's stdout), `models_at_kill` (the run's logged
+    models and their status after the SIGKILL), `result` (the last resume's CompletedProcess),
+    `run_id`, `status_after_stop`, `status_after_kill`."""
     folder = tmp_path_factory.mktemp("resume")
-    uri = new_store(empty_store, folder)
-    with tracking_at(uri, folder):
-        stopped = start_digits_training(folder, epochs=EPOCHS, experiment="resume-test")
-        killed_lines = stopped.kill_at(f"epoch {KILL_AFTER}/", signal.SIGTERM)
-        (announce,) = [line for line in killed_lines if line.startswith("MLflow run ")]
-        run_id = announce.split()[2]
-        status_after_stop = mlflow.get_run(run_id).info.status
-        logging = CliProcess("train", "--resume", run_id, cwd=folder)
-        logging_lines = logging.read_until(f"epoch {EPOCHS}/")
-        logging.kill_when(lambda: logged_models(run_id), "a model logged")
-        models_at_kill = logged_models(run_id)
-        status_after_kill = mlflow.get_run(run_id).info.status
-        result = run_cli("train", "--resume", run_id, cwd=folder)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    log_level = os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    try:
+        with tracking_at(uri, folder):
+            return resume_story(uri, folder)
+    finally:
+        if log_level is not None:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = log_level
+
+
+def resume_story(uri: str, folder: Path) -> SimpleNamespace:
+    """What `resumed` describes, in the store at `uri`, which must be the current one."""
+    stopped = start_digits_training(folder, epochs=EPOCHS, experiment="resume-test")
+    killed_lines = stopped.kill_at(f"epoch {KILL_AFTER}/", signal.SIGTERM)
+    (announce,) = [line for line in killed_lines if line.startswith("MLflow run ")]
+    run_id = announce.split()[2]
+    status_after_stop = mlflow.get_run(run_id).info.status
+    logging = CliProcess("train", "--resume", run_id, cwd=folder)
+    logging_lines = logging.read_until(f"epoch {EPOCHS}/")
+    logging.kill_when(lambda: logged_models(run_id), "a model logged")
+    models_at_kill = logged_models(run_id)
+    status_after_kill = mlflow.get_run(run_id).info.status
+    result = run_cli("train", "--resume", run_id, cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     return SimpleNamespace(
         uri=uri,
@@ -316,35 +327,22 @@ def test_help_page_lists_the_choices():
     assert "[hyperband|random|bayesian]" in result.output and "[chief|worker]" in result.output
 
 
-@pytest.fixture(scope="module")
-def trained_in_a_new_store(tmp_path_factory):
-    """`digitml train` as a real process, in a store it creates (MLflow's first migration), with
-    MLFLOW_EXPERIMENT_NAME set and no TensorFlow log level: its CompletedProcess and store URI."""
-    folder = tmp_path_factory.mktemp("new-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    result = run_cli(
+def test_train_records_in_the_experiment_the_environment_names(tracking_uri):
+    result = invoke_cli(
         *("train", "--config", "fast", "--dataset", "digits", "--epochs", "1", "--limit", "300"),
-        cwd=folder,
-        env={
-            "MLFLOW_TRACKING_URI": uri,
-            "MLFLOW_EXPERIMENT_NAME": "env",
-            "TF_CPP_MIN_LOG_LEVEL": "",
-        },
+        env={"MLFLOW_EXPERIMENT_NAME": "env"},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return SimpleNamespace(result=result, uri=uri, folder=folder)
-
-
-def test_train_records_in_the_experiment_the_environment_names(trained_in_a_new_store):
-    with tracking_at(trained_in_a_new_store.uri, trained_in_a_new_store.folder):
-        (run,) = all_runs("env")
-    printed = f"MLflow run {run.info.run_id} (fast-small-s42) in experiment 'env'"
-    assert printed in trained_in_a_new_store.result.stdout
+    assert result.exit_code == 0, result.output[-3000:]
+    (run,) = all_runs("env")
+    assert f"MLflow run {run.info.run_id} (fast-small-s42) in experiment 'env'" in result.stdout
     assert run.data.params["experiment"] == "env"
 
 
-def test_a_command_writes_no_third_party_chatter(trained_in_a_new_store):
+def test_a_command_writes_no_third_party_chatter(resumed):
     """TensorFlow's start-up lines (CUDA probes, absl's notice), MLflow's notes on creating its
     store and validating the model's input example, and the warnings MLflow and scikit-learn
-    raise about a run are silenced or fixed: a training's stderr stays empty."""
-    assert trained_in_a_new_store.result.stderr == ""
+    raise about a run are silenced or fixed: the training that created the store wrote only its
+    own stop message, the resume that logged the model nothing."""
+    (stop_message,) = resumed.stopped.stderr.splitlines()
+    assert f"digitml train --resume {resumed.run_id}" in stop_message
+    assert resumed.result.stderr == ""
