@@ -17,6 +17,7 @@ import pytest
 
 from conftest import (
     all_runs,
+    invoke_cli,
     logged_models,
     missing,
     new_store,
@@ -324,15 +325,23 @@ def test_the_experiment_the_environment_names(tracking_uri, monkeypatch, environ
 def test_two_trainings_writing_to_one_sqlite_store_at_once_both_keep_everything(
     tracking_uri, tmp_path
 ):
-    """SQLite allows one writer at a time: two real `digitml train` processes logging every epoch
-    and their models into one store at once must both finish, losing no metric."""
+    """SQLite allows one writer at a time: two trainings logging every epoch and their models
+    into one store at once (a real `digitml train` process, and once it has logged an epoch, the
+    same command in this process) must both finish, losing no metric."""
     epochs = 4
-    processes = [start_digits_training(tmp_path, epochs, experiment="together") for _ in range(2)]
-    for process in processes:
-        process.finish()
-        assert process.returncode == 0, process.stderr[-3000:]
+    process = start_digits_training(tmp_path, epochs, experiment="together")
+    process.read_until("epoch 1/")
+    result = invoke_cli(
+        *("train", "--config", "fast", "--dataset", "digits", "--epochs", str(epochs)),
+        *("--experiment", "together"),
+    )
+    process.finish()
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert result.exit_code == 0, result.output[-3000:]
     runs = all_runs("together")
     assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
+    first, second = sorted(runs, key=lambda run: run.info.start_time)
+    assert second.info.start_time < first.info.end_time  # they did run at once
     client = mlflow.MlflowClient()
     for run in runs:
         for key in ("val_accuracy", "loss", "epoch_seconds"):
