@@ -26,6 +26,13 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+# The official file each array of Keras' mnist.npz holds.
+KERAS_NPZ_STEMS = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
 # What keras.datasets.mnist downloads, and the SHA-256 of those bytes (Keras checks them).
 KERAS_MNIST_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
@@ -195,16 +202,10 @@ def load_mnist_npz(path: Path) -> DigitData:
     """MNIST from a Keras-style `mnist.npz`, verified against the official IDX content."""
     try:
         with np.load(path) as npz:
-            arrays = {key: npz[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+            arrays = {key: npz[key] for key in KERAS_NPZ_STEMS}
     except (OSError, ValueError, KeyError) as error:
         raise DataError(f"{path.name}: not a readable Keras mnist.npz ({error})") from error
-    stems = {
-        "x_train": "train-images-idx3-ubyte",
-        "y_train": "train-labels-idx1-ubyte",
-        "x_test": "t10k-images-idx3-ubyte",
-        "y_test": "t10k-labels-idx1-ubyte",
-    }
-    for key, stem in stems.items():
+    for key, stem in KERAS_NPZ_STEMS.items():
         _check_digest(f"{path.name}[{key}]", stem, idx_bytes(arrays[key]))
     train, test = (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
     return digit_data("mnist", str(path.resolve()), train, test)

@@ -25,6 +25,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from digitml.data import KERAS_NPZ_STEMS, DataError, idx_bytes, keras_arrays, load_dataset
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR_VARIABLE = "DIGITML_DATA_DIR"
 if os.environ.get(DATA_DIR_VARIABLE):  # absolute: tests change directory and start processes
@@ -34,12 +36,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # saying what to install. Where DIGITML_CI is set (.ci/run sets it), it fails instead, unless the
 # part is named in DIGITML_ABSENT_ON_PURPOSE (comma-separated, with the reason in .ci/run).
 ABSENT_ON_PURPOSE = set(filter(None, os.environ.get("DIGITML_ABSENT_ON_PURPOSE", "").split(",")))
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 
 
 # The modules that take longest (real processes, searches, full test-set evaluations), slowest
@@ -120,13 +116,14 @@ def require_mnist() -> Path:
     cache, which digitml downloads first where it is missing (as `digitml train` would)."""
     given = os.environ.get(DATA_DIR_VARIABLE)
     if given:
-        if not (Path(given) / f"{MNIST_FILES[0]}.gz").is_file():
-            pytest.fail(f"{DATA_DIR_VARIABLE}={given} holds no {MNIST_FILES[0]}.gz")
+        first = f"{KERAS_NPZ_STEMS['x_train']}.gz"
+        if not (Path(given) / first).is_file():
+            pytest.fail(f"{DATA_DIR_VARIABLE}={given} holds no {first}")
         return Path(given)
     folder = Path(tempfile.gettempdir()) / f"digitml-tests-mnist-{os.getuid()}"
     folder.mkdir(exist_ok=True)
     with exclusive(folder):
-        if not all((folder / f"{name}.gz").is_file() for name in MNIST_FILES):
+        if not all((folder / f"{name}.gz").is_file() for name in KERAS_NPZ_STEMS.values()):
             _write_idx_files(folder)
     return folder
 
@@ -134,13 +131,11 @@ def require_mnist() -> Path:
 def _write_idx_files(folder: Path) -> None:
     """MNIST from Keras' cache written as the four official IDX files (their content, which
     digitml checks against the official digests, is the same)."""
-    from digitml.data import DataError, idx_bytes, keras_arrays, load_dataset
-
     try:
         arrays = keras_arrays(load_dataset("mnist"))
     except DataError as error:
         missing("MNIST", f"{error}")
-    for name, key in zip(MNIST_FILES, ("x_train", "y_train", "x_test", "y_test"), strict=True):
+    for key, name in KERAS_NPZ_STEMS.items():
         partial = folder / f"{name}.gz.partial"
         partial.write_bytes(gzip.compress(idx_bytes(arrays[key]), compresslevel=1))
         partial.replace(folder / f"{name}.gz")

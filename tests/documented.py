@@ -48,16 +48,22 @@ def shown_commands() -> list[Shown]:
     """Every command of every ```bash block, in document order, each once (the first place)."""
     found: dict[str, Shown] = {}
     for document in DOCUMENTS:
-        text = (REPO_ROOT / document).read_text()
-        for block in _BLOCK.finditer(text):
-            if block["lang"] != "bash":
-                continue
-            first_line = text.count("\n", 0, block.start("body")) + 1
-            for shown in _block_commands(block["body"], document, first_line):
+        for block in bash_blocks(document):
+            for shown in block:
                 first = found.setdefault(shown.command, shown)
                 if shown.output and not first.output:  # shown again, with what it prints
                     found[shown.command] = Shown(first.where, first.command, shown.output)
     return list(found.values())
+
+
+def bash_blocks(document: str) -> list[list[Shown]]:
+    """The commands of each ```bash block of `document` (a path from the repository's root)."""
+    text = (REPO_ROOT / document).read_text()
+    return [
+        _block_commands(block["body"], document, text.count("\n", 0, block.start("body")) + 1)
+        for block in _BLOCK.finditer(text)
+        if block["lang"] == "bash"
+    ]
 
 
 def _block_commands(body: str, document: str, first_line: int) -> list[Shown]:
