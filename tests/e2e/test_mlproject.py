@@ -1,6 +1,7 @@
-"""`mlflow run` through the MLproject, its entry points as a user types them (the shipped
-recipes, on a tiny slice), from a folder that is not the project, in a real MLflow store. The
-main entry point and `-e tune` (the shipped search) run as the docs show them, in test_docs.py."""
+"""`mlflow run` through the MLproject, its entry points as a user types them (on a tiny slice),
+from a folder that is not the project, in a real MLflow store. The main entry point (which
+`train` is, as MLflow reads the file) and `-e tune` (the shipped search) run as the docs show
+them, in test_docs.py; the recipe `main` runs by default, `default`, runs in test_shipped.py."""
 
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from mlflow.projects._project_spec import load_project
 
-from conftest import REPO_ROOT, all_runs, copy_project, new_store, tracking_at
+from conftest import REPO_ROOT, all_runs, copy_project, invoke_cli, new_store, tracking_at
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +69,14 @@ MODELS_EXPERIMENT = "mlproject-models"
 
 
 @pytest.fixture(scope="module")
-def trained_on_digits(project, store) -> str:
-    """`mlflow run -e train` of its default recipe (`default`, a four-network ensemble) made small
-    (one epoch on 300 digits): the id of the run, whose model the evaluate and promote entry
-    points take."""
-    result = mlflow_run(
-        project,
-        *("dataset=digits", "limit=300", "epochs=1"),
-        cwd=store.folder,
-        experiment=MODELS_EXPERIMENT,
-        entry_point="train",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (announced,) = [line for line in result.stdout.splitlines() if line.startswith("MLflow run ")]
-    return announced.split()[2]
+def trained_on_digits(store) -> str:
+    """A small `fast` training (one epoch on 300 digits), in this process: the id of the run
+    whose model the evaluate and promote entry points take."""
+    small = ("--dataset", "digits", "--limit", "300", "--epochs", "1")
+    result = invoke_cli("train", "--config", "fast", *small, "--experiment", MODELS_EXPERIMENT)
+    assert result.exit_code == 0, result.output[-3000:]
+    (run,) = runs_of_kind("train")
+    return run.info.run_id
 
 
 def runs_of_kind(kind: str) -> list:
@@ -89,20 +84,14 @@ def runs_of_kind(kind: str) -> list:
 
 
 def test_every_entry_point_of_the_mlproject_runs_here():
-    """A new entry point needs its run in this module (`main`'s and `tune`'s are in test_docs.py)."""
+    """A new entry point needs its run in this module (`main`'s, which is `train`, and `tune`'s
+    are in test_docs.py)."""
     entry_points = yaml.safe_load((REPO_ROOT / "MLproject").read_text())["entry_points"]
     assert set(entry_points) == {"main", "train", "tune", "evaluate", "promote"}
     documents = (REPO_ROOT / "README.md").read_text() + (
         REPO_ROOT / "docs/configuration.md"
     ).read_text()
     assert "mlflow run . -e tune" in documents and "mlflow run . --env-manager local" in documents
-
-
-def test_mlflow_run_train_trains_the_default_recipe(trained_on_digits, store):
-    (run,) = runs_of_kind("train")
-    assert run.info.run_id == trained_on_digits and run.info.status == "FINISHED"
-    assert run.data.params["dataset"] == "digits" and run.data.tags["config"] == "default"
-    assert run.data.params["ensemble"] == "small×2+stem×2"
 
 
 def test_mlflow_run_evaluate_scores_the_model_on_the_data_it_was_trained_on(
@@ -140,7 +129,8 @@ def test_mlflow_run_promote_makes_the_first_candidate_champion(project, store, t
 
 
 def test_mlflow_run_without_an_entry_point_is_the_training():
-    """`mlflow run .` runs `main`, read here by MLflow's own loader: train's parameters and command."""
+    """`mlflow run .` runs `main`, read here by MLflow's own loader: train's parameters and
+    command, so the docs' `mlflow run .` (test_docs.py) runs `-e train` too."""
     project = load_project(str(REPO_ROOT))
     main, train = project.get_entry_point("main"), project.get_entry_point("train")
     assert main.command == train.command

@@ -1,31 +1,25 @@
 """Everything shipped runs as shipped: each recipe and each search of experiments/ through the
 command a user types, with only options that make it small (sklearn's digits, 300 images, one
 epoch, two trials), in this process (click's runner: one TensorFlow start for them all). The
-MLproject's entry points run as real `mlflow run` processes in test_mlproject.py and
-test_docs.py, with the recipe and the search they run by default: those two are not run again
-here."""
+search `mlflow run . -e tune` runs by default is not run again here: test_docs.py runs it as a
+real `mlflow run` process, as the README shows it."""
 
 import mlflow
 import pytest
 
-from conftest import all_runs, invoke_cli, mlproject_default_configs, shipped_files
+from conftest import all_runs, invoke_cli, mlproject_search, shipped_files
 from digitml.config import load_config, load_tune_config
 
 SMALL = ("--dataset", "digits", "--limit", "300", "--epochs", "1")
 FEW_TRIALS = ("--max-trials", "2", "--best-epochs", "1")
 
 
-def not_run_by_the_mlproject(names: list[str]) -> list[str]:
-    return [name for name in names if name not in mlproject_default_configs()]
+def test_the_mlproject_searches_with_a_shipped_file_by_default():
+    """The search left out here is run there, so each file runs once in all."""
+    assert mlproject_search() in shipped_files(searches=True)
 
 
-def test_the_mlproject_runs_shipped_files_by_default():
-    """What is left out here is run there, so each file runs once in all."""
-    shipped = shipped_files(searches=False) + shipped_files(searches=True)
-    assert mlproject_default_configs() == {"default", "tune"} <= set(shipped)
-
-
-@pytest.mark.parametrize("recipe", not_run_by_the_mlproject(shipped_files(searches=False)))
+@pytest.mark.parametrize("recipe", shipped_files(searches=False))
 def test_every_shipped_recipe_trains(tracking_uri, recipe):
     result = invoke_cli("train", "--config", recipe, *SMALL)
     assert result.exit_code == 0, result.output[-3000:]
@@ -35,7 +29,9 @@ def test_every_shipped_recipe_trains(tracking_uri, recipe):
     assert "test_accuracy" in run.data.metrics
 
 
-@pytest.mark.parametrize("search", not_run_by_the_mlproject(shipped_files(searches=True)))
+@pytest.mark.parametrize(
+    "search", [name for name in shipped_files(searches=True) if name != mlproject_search()]
+)
 def test_every_shipped_search_registers_a_challenger(tracking_uri, search):
     result = invoke_cli("tune", "--config", search, *SMALL, *FEW_TRIALS)
     assert result.exit_code == 0, result.output[-3000:]
