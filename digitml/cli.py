@@ -18,6 +18,7 @@ from digitml.config import (
     DEFAULT_APP_MODEL_URI,
     DEFAULT_EXPERIMENT,
     DEFAULT_MODEL_NAME,
+    EXPORT_FORMATS,
     WORK_DIR_VARIABLE,
     TrainConfig,
 )
@@ -456,6 +457,38 @@ def predict(model_uri: str, as_json: bool, images: tuple[str, ...]) -> None:
             click.echo(f"{prediction.path}  {prediction.digit}  {prediction.confidence:.4f}")
     if any(prediction.error is not None for prediction in predictions):
         sys.exit(1)
+
+
+@cli.command()
+@option(
+    "--model-uri", required=True, help="runs:/RUN_ID/model, models:/NAME@ALIAS or models:/NAME/N."
+)
+@option(
+    "--format",
+    "formats",
+    type=click.Choice(EXPORT_FORMATS),
+    multiple=True,
+    show_default="all three",
+    help="Repeat for several: ONNX, LiteRT (.tflite) or TensorFlow SavedModel.",
+)
+def export(model_uri: str, formats: tuple[str, ...]) -> None:
+    """Export a model's network to ONNX, LiteRT and SavedModel, each checked against Keras on the
+    same images, and store the files with the model (its `exports/` artifacts)."""
+    import tempfile
+    from pathlib import Path
+
+    console.load_tensorflow()
+    from digitml.export import EXPORT_TOLERANCE, ONNX_OPSET, export_model
+
+    with tempfile.TemporaryDirectory(prefix="digitml-export-") as folder:
+        exported = export_model(model_uri, Path(folder), formats or EXPORT_FORMATS)
+    click.echo(f"model: {model_uri}")
+    for result in exported:
+        name = f"onnx (opset {ONNX_OPSET})" if result.format == "onnx" else result.format
+        click.echo(
+            f"{name:<16} {result.uri}  max |Δp| {result.max_difference:.1e} "
+            f"(≤ {EXPORT_TOLERANCE:g})  {result.seconds:.1f} s"
+        )
 
 
 @cli.command()

@@ -35,6 +35,7 @@ SCHEDULES = ("constant", "onecycle", "cosine")
 # "auto": bfloat16 compute where the CPU multiplies bfloat16 natively (AMX, AVX512-BF16), else float32
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 TUNERS = ("hyperband", "random", "bayesian")
+EXPORT_FORMATS = ("onnx", "litert", "saved_model")  # what `digitml export` writes
 # The keys each type of searched hyperparameter takes, besides `type` (Keras Tuner's Int, Float,
 # Choice and Boolean: `min` and `max` are its min_value and max_value).
 SEARCH_SPEC_KEYS = {

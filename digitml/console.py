@@ -23,6 +23,8 @@ if not VERBOSE:
     # notes on creating a new store's tables and on checking the model's own input example.
     for logger in ("mlflow.models.evaluation", "mlflow.store.db.utils", "mlflow.pyfunc"):
         logging.getLogger(logger).setLevel(logging.WARNING)
+    # MLflow draws a progress bar for every artifact download, even of a few files from disk.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 # At exit, Python's last garbage collections walk every object TensorFlow, Keras and MLflow made

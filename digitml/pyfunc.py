@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 KERAS_MODEL_ARTIFACT = "keras_model"
+KERAS_MODEL_FILE = "digit_model.keras"  # the network's file among the model's artifacts
 IMAGING_ARTIFACT = "imaging"
 
 

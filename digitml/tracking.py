@@ -32,7 +32,7 @@ from PIL import Image
 from digitml import reports
 from digitml.config import ConfigError, TrainConfig
 from digitml.data import Splits, content_digest
-from digitml.pyfunc import IMAGING_ARTIFACT, KERAS_MODEL_ARTIFACT
+from digitml.pyfunc import IMAGING_ARTIFACT, KERAS_MODEL_ARTIFACT, KERAS_MODEL_FILE
 
 CONFIG_ARTIFACT = "config.yaml"
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default experiment
@@ -351,7 +351,7 @@ def log_models(model: keras.Model, example_images: np.ndarray, work_dir: Path) -
             pip_requirements=pinned_requirements(KERAS_MODEL_DISTRIBUTIONS),
         )
     if PYFUNC_MODEL_NAME not in logged:
-        keras_file = work_dir / "digit_model.keras"
+        keras_file = work_dir / KERAS_MODEL_FILE
         model.save(keras_file)
         mlflow.pyfunc.log_model(
             name=PYFUNC_MODEL_NAME,
