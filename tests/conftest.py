@@ -151,10 +151,14 @@ def copy_project(folder: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def no_inherited_experiment(monkeypatch):
+def no_inherited_experiment():
     """mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID; a test must not pass it on to the
-    processes it starts (`mlflow run` refuses it beside --experiment-name)."""
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    processes it starts (`mlflow run` refuses it beside --experiment-name), nor leave it to the
+    next module's fixtures, which run before this one (a command would record there). Removed
+    before and after each test: monkeypatch would restore a value set after it looked."""
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 RUN_OUTPUTS = ("mlflow.db", "mlruns", "checkpoints", "tuning")  # what digitml writes in its cwd
