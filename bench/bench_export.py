@@ -54,11 +54,10 @@ def bench(model_uri: str, images: np.ndarray) -> None:
     import keras
 
     from digitml.export import (
-        EXPORT_FILES,
         EXPORTS_DIR,
+        FORMATS,
         at_inference,
         export_model,
-        runner,
     )
 
     with tempfile.TemporaryDirectory() as folder:
@@ -77,8 +76,9 @@ def bench(model_uri: str, images: np.ndarray) -> None:
             f"{median_ms(network.predict_on_batch, images[:256]):.1f}",
         )
         for result in results:
-            path = Path(folder, EXPORTS_DIR, EXPORT_FILES[result.format])
-            probabilities = runner(result.format, path)
+            form = FORMATS[result.format]
+            path = Path(folder, EXPORTS_DIR, form.file)
+            probabilities = form.runner(path)
             answers = in_chunks(probabilities, images)
             same = int((answers.argmax(1) == keras_answers.argmax(1)).sum())
             row(

@@ -27,8 +27,6 @@ from digitml.errors import UserError
 from digitml.pyfunc import KERAS_MODEL_FILE, stderr_discarded
 
 ONNX_OPSET = 17  # ONNX Runtime 1.16 (2023) and later run it
-EXPORT_FILES = {"onnx": "model.onnx", "litert": "model.tflite", "saved_model": "saved_model"}
-KERAS_EXPORT_FORMATS = {"onnx": "onnx", "litert": "litert", "saved_model": "tf_saved_model"}
 EXPORTS_DIR = "exports"  # inside the logged model's artifacts
 # Largest difference of a probability allowed between a format and the Keras model. Measured on
 # MNIST's test set: below 1e-6 for every format (docs/serving.md); float32 kernels differ only in
@@ -40,6 +38,13 @@ if TYPE_CHECKING:
     import keras
 
 Probabilities = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Format:
+    file: str  # its name in exports/
+    keras_format: str  # its name for Keras' Model.export
+    runner: Callable[[Path], Probabilities]  # the file's probabilities in its own runtime
 
 
 @dataclass(frozen=True)
@@ -66,17 +71,19 @@ def export_model(
     network = at_inference(keras.models.load_model(keras_file, compile=False))
     check = check_batch()
     expected = np.asarray(network.predict_on_batch(check))  # Keras exports only called models
-    location = mlflow.MlflowClient().get_logged_model(model_id).artifact_location
+    client = mlflow.MlflowClient()
+    location = client.get_logged_model(model_id).artifact_location
     exports = folder / EXPORTS_DIR
     exports.mkdir()
     results = []
     for name in formats:
         started = time.monotonic()
-        path = exports / EXPORT_FILES[name]
+        form = FORMATS[name]
+        path = exports / form.file
         options = {"opset_version": ONNX_OPSET} if name == "onnx" else {}
         with quiet():
-            network.export(str(path), format=KERAS_EXPORT_FORMATS[name], verbose=False, **options)
-            difference = float(np.abs(runner(name, path)(check) - expected).max())
+            network.export(str(path), format=form.keras_format, verbose=False, **options)
+            difference = float(np.abs(form.runner(path)(check) - expected).max())
         if not difference <= EXPORT_TOLERANCE:  # NaN included
             raise UserError(
                 f"the {name} export of {model_uri} differs from the Keras model by "
@@ -85,7 +92,7 @@ def export_model(
         uri = f"{location}/{EXPORTS_DIR}/{path.name}"
         results.append(Exported(name, uri, difference, time.monotonic() - started))
     if store:
-        mlflow.MlflowClient().log_model_artifacts(model_id, str(exports), EXPORTS_DIR)
+        client.log_model_artifacts(model_id, str(exports), EXPORTS_DIR)
     return results
 
 
@@ -119,13 +126,6 @@ def check_batch() -> np.ndarray:
     return images
 
 
-def runner(name: str, path: Path) -> Probabilities:
-    """Probabilities from the exported file at `path`, in the runtime its format is made for."""
-    return {"onnx": onnx_runner, "litert": litert_runner, "saved_model": saved_model_runner}[name](
-        path
-    )
-
-
 def onnx_runner(path: Path) -> Probabilities:
     import onnxruntime
 
@@ -156,3 +156,11 @@ def saved_model_runner(path: Path) -> Probabilities:
 
     loaded = tf.saved_model.load(str(path))
     return lambda images: loaded.serve(images).numpy()
+
+
+# config.EXPORT_FORMATS names them for the command line, which must not import this module.
+FORMATS = {
+    "onnx": Format("model.onnx", "onnx", onnx_runner),
+    "litert": Format("model.tflite", "litert", litert_runner),
+    "saved_model": Format("saved_model", "tf_saved_model", saved_model_runner),
+}

@@ -14,12 +14,11 @@ from conftest import all_runs, invoke_cli, require_mnist, tracking_at
 from digitml.config import EXPORT_FORMATS
 from digitml.data import as_pixels, load_mnist_dir
 from digitml.export import (
-    EXPORT_FILES,
     EXPORT_TOLERANCE,
     EXPORTS_DIR,
+    FORMATS,
     ONNX_OPSET,
     export_model,
-    runner,
 )
 from digitml.imaging import rows_to_batch
 from digitml.pyfunc import KERAS_MODEL_FILE
@@ -36,7 +35,8 @@ def exported(mnist_model, tmp_path_factory):
     with tracking_at(uri, Path(uri.removeprefix("sqlite:///")).parent):
         results = export_model(f"runs:/{run_id}/model", folder, store=False)
     runners = {
-        name: runner(name, folder / EXPORTS_DIR / EXPORT_FILES[name]) for name in EXPORT_FORMATS
+        name: FORMATS[name].runner(folder / EXPORTS_DIR / FORMATS[name].file)
+        for name in EXPORT_FORMATS
     }
     network = keras.models.load_model(
         Path(model_path, "artifacts", KERAS_MODEL_FILE), compile=False

@@ -14,7 +14,7 @@ import pytest
 from conftest import all_runs, invoke_cli, mlproject_search, shipped_files
 from digitml.config import EXPORT_FORMATS, load_config, load_tune_config
 from digitml.data import load_dataset
-from digitml.export import EXPORT_FILES, EXPORT_TOLERANCE, EXPORTS_DIR, export_model, runner
+from digitml.export import EXPORT_TOLERANCE, EXPORTS_DIR, FORMATS, export_model
 from digitml.pyfunc import KERAS_MODEL_FILE
 
 SMALL = ("--dataset", "digits", "--limit", "300", "--epochs", "1")
@@ -54,7 +54,7 @@ def assert_exports_answer_as_keras(model_uri: str, folder: Path) -> None:
     images = load_dataset("digits").test_images
     expected = np.asarray(network.predict_on_batch(images))
     for name in EXPORT_FORMATS:
-        got = runner(name, folder / EXPORTS_DIR / EXPORT_FILES[name])(images)
+        got = FORMATS[name].runner(folder / EXPORTS_DIR / FORMATS[name].file)(images)
         assert np.abs(got - expected).max() <= EXPORT_TOLERANCE, name
         assert (got.argmax(1) == expected.argmax(1)).all(), name
 
